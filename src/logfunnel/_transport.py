@@ -1,0 +1,188 @@
+"""Addresses, the picklable queue handle, and the handshake that opens a worker's connection.
+
+Each worker process opens its own connection to the listener (never a shared pipe: a process killed
+while it holds a shared pipe's lock hangs every other writer). A connection starts with a mutual
+HMAC-SHA256 challenge over the auth key that the handle carries::
+
+    listener -> worker   GREETING + challenge (32 bytes)
+    worker   -> listener HMAC(key, challenge) + own challenge (32 bytes) + hello (pickled)
+    listener -> worker   HMAC(key, worker's challenge) + plan (pickled)
+
+The listener checks the digest before it unpickles anything the worker sent. The plan tells the
+worker which lines to render and whether whole records are wanted (see ``_wire``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import socket
+import tempfile
+from typing import Any
+
+from . import _wire
+
+__all__ = [
+    "ADDRESS_ENV",
+    "AUTHKEY_ENV",
+    "AuthenticationError",
+    "GREETING",
+    "QueueHandle",
+    "answer",
+    "connect",
+    "create_server",
+    "parse_address",
+    "recv_frame",
+]
+
+ADDRESS_ENV = "LOGFUNNEL_ADDRESS"
+AUTHKEY_ENV = "LOGFUNNEL_AUTHKEY"
+GREETING = b"logfunnel/1 "
+CHALLENGE_SIZE = 32
+DIGEST_SIZE = 32
+HANDSHAKE_TIMEOUT = 10.0
+_HANDSHAKE_FRAME_LIMIT = 1024 * 1024
+
+
+class AuthenticationError(ConnectionError):
+    """The peer did not prove that it knows the auth key."""
+
+
+def answer(authkey: bytes, challenge: bytes) -> bytes:
+    """The digest that proves knowledge of *authkey* for *challenge*."""
+    return hmac.new(authkey, challenge, hashlib.sha256).digest()
+
+
+def parse_address(address: str) -> tuple[socket.AddressFamily, Any]:
+    """Split ``unix:/path`` or ``tcp://host:port`` into a socket family and a socket address."""
+    if not isinstance(address, str):
+        raise TypeError(f"a logfunnel address is a string such as 'unix:/path', got {type(address).__name__!r}")
+    if address.startswith("unix:"):
+        path = address[len("unix:") :]
+        if not path:
+            raise ValueError(f"expected 'unix:/path/to/socket', got {address!r}")
+        return socket.AF_UNIX, path
+    if address.startswith("tcp://"):
+        host, sep, port = address[len("tcp://") :].rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ValueError(f"expected 'tcp://HOST:PORT', got {address!r}")
+        if host.startswith("[") and host.endswith("]"):
+            return socket.AF_INET6, (host[1:-1], int(port))
+        return socket.AF_INET, (host, int(port))
+    raise ValueError(f"expected an address like 'unix:/path' or 'tcp://127.0.0.1:PORT', got {address!r}")
+
+
+def format_address(family: socket.AddressFamily, sockaddr: Any) -> str:
+    if family == socket.AF_UNIX:
+        return f"unix:{sockaddr}"
+    host, port = sockaddr[0], sockaddr[1]
+    return f"tcp://[{host}]:{port}" if family == socket.AF_INET6 else f"tcp://{host}:{port}"
+
+
+class QueueHandle:
+    """What a worker needs to reach a listener: its address and auth key. Small and picklable.
+
+    Pass it through ``Pool(initializer=install_worker_logging, initargs=(handle,))``, as an argument
+    of ``ProcessPoolExecutor.submit`` or to a spawned ``Process``; each process that uses it opens its
+    own connection.
+    """
+
+    __slots__ = ("address", "authkey")
+
+    def __init__(self, address: str, authkey: bytes) -> None:
+        parse_address(address)
+        if not isinstance(authkey, bytes) or not authkey:
+            raise TypeError("authkey must be non-empty bytes")
+        self.address = address
+        self.authkey = authkey
+
+    @classmethod
+    def from_environment(cls) -> QueueHandle | None:
+        """The handle that a running listener published for its children, if any."""
+        address = os.environ.get(ADDRESS_ENV)
+        key = os.environ.get(AUTHKEY_ENV)
+        if not address or not key:
+            return None
+        return cls(address, bytes.fromhex(key))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (QueueHandle, (self.address, self.authkey))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, QueueHandle):
+            return NotImplemented
+        return self.address == other.address and hmac.compare_digest(self.authkey, other.authkey)
+
+    def __hash__(self) -> int:
+        return hash(self.address)
+
+    def __repr__(self) -> str:
+        return f"QueueHandle({self.address!r})"  # the key stays out of logs
+
+
+def create_server(address: str | None) -> tuple[socket.socket, str, str | None]:
+    """Bind and listen; return the socket, its address string, and a private directory to remove."""
+    private_dir = None
+    if address is None:
+        private_dir = tempfile.mkdtemp(prefix="logfunnel-")  # mode 0700
+        address = f"unix:{os.path.join(private_dir, 'listener.sock')}"
+    family, sockaddr = parse_address(address)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_UNIX:
+            old_umask = os.umask(0o177)  # the socket file is created 0600
+            try:
+                sock.bind(sockaddr)
+            finally:
+                os.umask(old_umask)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(sockaddr)
+        sock.listen(socket.SOMAXCONN)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, format_address(family, sock.getsockname()), private_dir
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 20))
+        if not chunk:
+            raise ConnectionError("the listener closed the connection")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def recv_frame(sock: socket.socket, limit: int = _HANDSHAKE_FRAME_LIMIT) -> bytes:
+    (size,) = _wire.HEADER.unpack(_recv_exact(sock, _wire.HEADER.size))
+    if size > limit:
+        raise ConnectionError(f"handshake frame of {size} bytes exceeds {limit}")
+    return _recv_exact(sock, size)
+
+
+def connect(handle: QueueHandle, hello: tuple[Any, ...], timeout: float = HANDSHAKE_TIMEOUT) -> tuple[socket.socket, Any]:
+    """Open and authenticate a connection; return it (blocking, no timeout) and the listener's plan."""
+    family, sockaddr = parse_address(handle.address)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(sockaddr)
+        greeting = recv_frame(sock)
+        if not greeting.startswith(GREETING) or len(greeting) != len(GREETING) + CHALLENGE_SIZE:
+            raise ConnectionError(f"{handle.address} is not a logfunnel listener")
+        own_challenge = os.urandom(CHALLENGE_SIZE)
+        reply = answer(handle.authkey, greeting[len(GREETING) :]) + own_challenge + _wire.encode(hello)
+        sock.sendall(_wire.frame(reply))
+        welcome = recv_frame(sock)
+        if not hmac.compare_digest(welcome[:DIGEST_SIZE], answer(handle.authkey, own_challenge)):
+            raise AuthenticationError(f"the listener at {handle.address} did not prove it knows the auth key")
+        plan = _wire.decode(welcome[DIGEST_SIZE:])
+        sock.settimeout(None)
+        return sock, plan
+    except BaseException:
+        sock.close()
+        raise

@@ -1,0 +1,598 @@
+"""The worker side: ``FunnelHandler`` and ``install_worker_logging``.
+
+A worker's logging call only copies the record, merges its message and appends it to a bounded
+buffer; a sender thread of the worker's own renders the lines the listener asked for, pickles what
+has gathered as one batch and ships it over the process's own connection. Records at ERROR and
+above are on the wire before ``emit`` returns, so a crash's last words arrive.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import logging.handlers
+import multiprocessing
+import multiprocessing.queues
+import multiprocessing.util
+import os
+import pickle
+import queue as queue_module
+import signal
+import sys
+import threading
+import time
+import weakref
+from typing import Any, Literal
+
+from . import _wire
+from ._transport import QueueHandle, connect, parse_address
+
+__all__ = [
+    "FunnelHandler",
+    "flush_worker_logging",
+    "install_worker_logging",
+    "uninstall_worker_logging",
+]
+
+OnFull = Literal["block", "drop"]
+
+#: How long an exit hook waits for buffered records to reach the listener.
+EXIT_TIMEOUT = 5.0
+_BATCH_BYTES = 4 * 1024 * 1024
+_RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
+_exception_formatter = logging.Formatter()
+# Threads that run a listener in this process; a FunnelHandler ignores their records, which would
+# otherwise travel back to the listener that is handling them, forever.
+listener_threads: set[int] = set()
+
+
+def _banner(message: str) -> None:
+    """The toolkit's own failures go to stderr, never through the logging it serves."""
+    try:
+        sys.stderr.write(f"--- logfunnel (pid {os.getpid()}) ---\n{message}\n")
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+class _SocketSink:
+    """Buffer, sender thread and connection of one process; rebuilt in a child after ``fork``."""
+
+    def __init__(self, handle: QueueHandle, handler: FunnelHandler) -> None:
+        self.handle = handle
+        self._handler = weakref.ref(handler)
+        self._capacity = handler.capacity
+        self._block = handler.on_full == "block"
+        self._block_timeout = handler.block_timeout
+        self._reset()
+        _sinks.add(self)
+
+    def _reset(self) -> None:
+        # Called in __init__ and in a child after fork: nothing inherited from the parent survives,
+        # neither its records (the parent still owns them) nor its locks, thread or connection.
+        self._pid = os.getpid()
+        self._lock = threading.RLock()  # re-entrant: a SIGTERM handler may flush mid-append
+        self._work = threading.Condition(self._lock)
+        self._progress = threading.Condition(self._lock)
+        self._buffer: list[logging.LogRecord] = []
+        self._stamped = 0  # records accepted into the buffer; the last one's sequence number
+        self._handed = 0  # records the sender has finished with (shipped, or failed to)
+        self._dropped = 0  # records refused because the buffer was full
+        self._undelivered = 0  # records whose batch could not be sent
+        self._sender: threading.Thread | None = None
+        self._idle = False
+        self._closing = False
+        self._sock: Any = None
+        self._renderers: list[_wire.Renderer] = []
+        self._full = True
+        self._incarnation = os.urandom(8)
+        self._hooked = False
+
+    def after_fork_in_child(self) -> None:
+        sock = self._sock
+        self._reset()
+        if sock is not None:
+            try:  # close our copy of the parent's descriptor, or its listener never sees EOF
+                sock.close()
+            except OSError:
+                pass
+
+    # -- the caller's side -------------------------------------------------------------------------
+
+    def put(self, record: logging.LogRecord, wait: bool) -> None:
+        with self._lock:
+            if len(self._buffer) >= self._capacity and not self._wait_for_space():
+                self._dropped += 1
+                return
+            self._buffer.append(record)
+            self._stamped += 1
+            seq = self._stamped
+            if self._sender is None:
+                self._start_sender()
+            elif self._idle:
+                self._work.notify()
+        if wait:
+            self.flush(self._block_timeout, until=seq)
+
+    def _wait_for_space(self) -> bool:
+        if not self._block:
+            return False
+        if self._sender is None:
+            self._start_sender()
+        deadline = time.monotonic() + self._block_timeout
+        while len(self._buffer) >= self._capacity:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._pid != os.getpid():
+                return False
+            self._progress.wait(remaining)
+        return True
+
+    def _start_sender(self) -> None:
+        if not self._hooked:
+            _register_exit_hooks()
+            self._hooked = True
+        self._closing = False
+        thread = threading.Thread(target=self._run, name="logfunnel-sender", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # interpreter shutting down: no new threads; the exit hook ships inline
+            return
+        self._sender = thread
+
+    def flush(self, timeout: float | None, until: int | None = None) -> bool:
+        """Wait until every record accepted so far (or up to *until*) has been handed to the socket."""
+        if self._pid != os.getpid():
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            target = self._stamped if until is None else until
+            if self._sender is None and self._handed < target:
+                self._ship_inline()
+                if self._handed < target:
+                    return False  # no thread to wait for, and no listener to reach
+            while self._handed < target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._progress.wait(remaining)
+        return True
+
+    def close(self, timeout: float | None) -> None:
+        """Ship what is buffered, tell the listener this process is done (with its totals), hang up.
+
+        The sender thread leaves once its buffer is empty and the goodbye is sent, so waiting for it
+        is the flush; records logged afterwards start a new sender and connection.
+        """
+        if self._pid != os.getpid():
+            return
+        with self._lock:
+            sender = self._sender
+            self._closing = True
+            self._work.notify()
+            if sender is None:
+                self._ship_inline()
+                self._say_goodbye()
+        if sender is not None:
+            sender.join(timeout)
+        pending = len(self._buffer)
+        if pending:
+            _banner(f"{pending} log records could not be sent to {self.handle.address} in time")
+
+    # -- the sender thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delays = iter(_RECONNECT_DELAYS)
+        while True:
+            with self._lock:
+                while not self._buffer:
+                    if self._closing:
+                        self._say_goodbye()
+                        self._sender = None
+                        self._progress.notify_all()
+                        return
+                    self._idle = True
+                    self._work.wait()
+                    self._idle = False
+            if self._sock is None and not self._connect():
+                with self._lock:
+                    if self._closing:  # exiting with no listener to reach: give up at once
+                        self._give_up()
+                        return
+                    self._work.wait(next(delays, _RECONNECT_DELAYS[-1]))
+                continue
+            delays = iter(_RECONNECT_DELAYS)
+            self._ship_some()
+
+    def _give_up(self) -> None:
+        pending = len(self._buffer)
+        self._buffer.clear()
+        self._undelivered += pending
+        self._handed += pending
+        self._sender = None
+        self._progress.notify_all()
+
+    def _ship_inline(self) -> None:
+        # For when no thread can be started (interpreter shutdown): the caller ships itself.
+        while self._buffer and (self._sock is not None or self._connect()):
+            self._ship_some()
+
+    def _ship_some(self) -> None:
+        with self._lock:
+            batch = _take(self._buffer)
+            first = self._handed + 1
+            stamped, dropped = self._stamped, self._dropped
+            self._progress.notify_all()  # room in the buffer for blocked callers
+        try:
+            frames = self._encode(batch, first, stamped, dropped)
+            self._sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
+        except OSError as exc:
+            self._hang_up(f"lost the connection to {self.handle.address} ({exc}); {len(batch)} records undelivered")
+            self._undelivered += len(batch)
+        with self._lock:
+            self._handed += len(batch)
+            self._progress.notify_all()
+
+    def _connect(self) -> bool:
+        hello = (os.getpid(), multiprocessing.current_process().name, self._incarnation, os.getppid())
+        try:
+            sock, plan = connect(self.handle, hello)
+            self._renderers = [_wire.Renderer(spec) for spec in plan["formats"]]
+            self._full = bool(plan["full"])
+        except Exception as exc:
+            if not getattr(self, "_told_unreachable", False):
+                _banner(f"cannot reach the log listener at {self.handle.address}: {exc}")
+                self._told_unreachable = True
+            return False
+        self._told_unreachable = False
+        self._sock = sock
+        return True
+
+    def _hang_up(self, why: str) -> None:
+        _banner(why)
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        self._sock = None
+
+    def _say_goodbye(self) -> None:
+        if self._sock is None:
+            return
+        try:
+            self._sock.sendall(_wire.frame(_wire.encode((_wire.BYE, self._stamped, self._dropped))))
+            self._sock.close()
+        except OSError:
+            pass
+        self._sock = None
+
+    def _encode(self, batch: list[logging.LogRecord], first: int, stamped: int, dropped: int) -> list[bytes]:
+        lines = [self._render(renderer, batch) for renderer in self._renderers]
+        records = [record.__dict__ for record in batch] if self._full else None
+        message = (_wire.BATCH, first, stamped, dropped, [r.levelno for r in batch], lines, records)
+        try:
+            payload = _wire.encode(message)
+        except ValueError:  # an extra that is not a plain value: send its repr instead
+            for record in batch:
+                _wire.record_state(record.__dict__)
+            payload = _wire.encode(message)
+        if len(payload) + _wire.HEADER.size <= _wire.MAX_FRAME:
+            return [_wire.frame(payload)]
+        if len(batch) > 1:
+            half = len(batch) // 2
+            return self._encode(batch[:half], first, stamped, dropped) + self._encode(
+                batch[half:], first + half, stamped, dropped
+            )
+        record = batch[0]
+        size = len(record.msg)
+        record.msg = record.msg[: _wire.MAX_FRAME // 16] + f" [logfunnel: message truncated from {size} characters]"
+        record.message = record.msg
+        _banner(f"a log message of {size} characters exceeds the frame limit; it was truncated")
+        return self._encode(batch, first, stamped, dropped)
+
+    def _render(self, renderer: _wire.Renderer, batch: list[logging.LogRecord]) -> list[str | None]:
+        try:
+            return [renderer.format(record) for record in batch]
+        except Exception:
+            lines: list[str | None] = []
+            for record in batch:
+                try:
+                    lines.append(renderer.format(record))
+                except Exception:
+                    lines.append(None)  # what the handler would have done in the worker: report, skip
+                    handler = self._handler()
+                    if handler is not None:
+                        handler.handleError(record)
+            return lines
+
+
+def _take(buffer: list[logging.LogRecord]) -> list[logging.LogRecord]:
+    """Remove and return the front of *buffer*, at most about ``_BATCH_BYTES`` of messages."""
+    size = 0
+    for index, record in enumerate(buffer):
+        size += len(record.msg) + 200
+        if size > _BATCH_BYTES and index:
+            batch = buffer[:index]
+            del buffer[:index]
+            return batch
+    batch = buffer[:]
+    buffer.clear()
+    return batch
+
+
+class _QueueSink:
+    """For people who already have a ``multiprocessing`` queue: put records as ``QueueHandler`` does."""
+
+    def __init__(self, queue: Any, handler: FunnelHandler) -> None:
+        self.queue = queue
+        self._block = handler.on_full == "block"
+        self._block_timeout = handler.block_timeout
+        self.dropped = 0
+
+    def put(self, record: logging.LogRecord, wait: bool) -> None:
+        state = record.__dict__
+        for key, value in state.items():  # the queue's feeder thread would drop the record silently
+            if not _wire.wire_safe(value):
+                try:
+                    pickle.dumps(value)
+                except Exception:
+                    state[key] = _wire.safe_repr(value)
+        try:
+            if self._block:
+                self.queue.put(record, True, self._block_timeout)
+            else:
+                self.queue.put_nowait(record)
+        except queue_module.Full:
+            self.dropped += 1
+
+    def flush(self, timeout: float | None, until: int | None = None) -> bool:
+        return True
+
+    def close(self, timeout: float | None) -> None:
+        if self.dropped:
+            _banner(f"{self.dropped} log records were dropped because the queue was full")
+
+
+class FunnelHandler(logging.handlers.QueueHandler):
+    """A ``QueueHandler`` that ships records to a logfunnel listener over the process's own connection.
+
+    ``prepare()`` returns a copy of the record with the message merged with its arguments and
+    ``exc_info`` rendered to ``exc_text`` (kept apart from the message, unlike the standard
+    library's, so that formatters downstream still see them apart). ``enqueue()`` appends it to a
+    bounded buffer that a sender thread ships.
+    """
+
+    def __init__(
+        self,
+        queue: Any,
+        *,
+        on_full: OnFull = "block",
+        block_timeout: float = 5.0,
+        capacity: int = 10_000,
+    ) -> None:
+        if on_full not in ("block", "drop"):
+            raise ValueError(f"on_full must be 'block' or 'drop', got {on_full!r}")
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity!r}")
+        target = _resolve_queue(queue)
+        super().__init__(target)
+        self.on_full = on_full
+        self.block_timeout = block_timeout
+        self.capacity = capacity
+        self._sink: _SocketSink | _QueueSink
+        if isinstance(target, QueueHandle):
+            self._sink = _SocketSink(target, self)
+        else:
+            self._sink = _QueueSink(target, self)
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        """Return a copy of *record* that can travel: message merged, exception rendered, no args."""
+        message = record.getMessage()
+        copy = logging.LogRecord.__new__(logging.LogRecord)
+        state = copy.__dict__
+        state.update(record.__dict__)
+        state["msg"] = message
+        state["args"] = None
+        state["message"] = message
+        if record.exc_info:
+            if not record.exc_text:
+                state["exc_text"] = _exception_formatter.formatException(record.exc_info)
+            state["exc_info"] = None
+        return copy
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        """Append *record* to the buffer; for ERROR and above, wait until it is on the wire."""
+        self._sink.put(record, record.levelno >= logging.ERROR)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if listener_threads and threading.get_ident() in listener_threads:
+            return
+        try:
+            self.enqueue(self.prepare(record))
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        self._sink.flush(EXIT_TIMEOUT)
+
+    def close(self) -> None:
+        try:
+            self._sink.close(EXIT_TIMEOUT)
+        finally:
+            super().close()
+
+    @property
+    def dropped(self) -> int:
+        """Records this process refused because its buffer was full."""
+        sink = self._sink
+        return sink._dropped if isinstance(sink, _SocketSink) else sink.dropped  # noqa: SLF001
+
+
+# -- what a worker may be given ---------------------------------------------------------------------
+
+_QUEUE_TYPES: tuple[type, ...] = (multiprocessing.queues.Queue, multiprocessing.queues.SimpleQueue, queue_module.Queue)
+
+
+def _queue_types() -> tuple[type, ...]:
+    kinds = list(_QUEUE_TYPES)
+    for name in ("multiprocess.queues",):
+        module = sys.modules.get(name)
+        if module is not None:
+            kinds += [module.Queue, module.SimpleQueue]
+    return tuple(kinds)
+
+
+def _is_queue_proxy(obj: Any) -> bool:
+    for name in ("multiprocessing.managers", "multiprocess.managers"):
+        module = sys.modules.get(name)
+        if module is not None and isinstance(obj, module.BaseProxy) and hasattr(obj, "put"):
+            return True
+    return False
+
+
+def _resolve_queue(queue: Any) -> Any:
+    if queue is None:
+        handle = QueueHandle.from_environment()
+        if handle is None:
+            raise TypeError(
+                "install_worker_logging() needs a queue: none was given and LOGFUNNEL_ADDRESS is not set "
+                "(start a listener in a parent process, or pass its .queue)"
+            )
+        return handle
+    if isinstance(queue, QueueHandle):
+        return queue
+    if isinstance(queue, str):
+        parse_address(queue)
+        key = os.environ.get("LOGFUNNEL_AUTHKEY")
+        if not key:
+            raise ValueError(f"to join {queue!r} by address, LOGFUNNEL_AUTHKEY must hold the listener's auth key")
+        return QueueHandle(queue, bytes.fromhex(key))
+    inner = getattr(queue, "queue", None)
+    if isinstance(inner, QueueHandle):  # a listener or manager given in place of its .queue
+        return inner
+    if isinstance(queue, _queue_types()) or _is_queue_proxy(queue):
+        return queue
+    raise TypeError(
+        "install_worker_logging() expected a logfunnel queue, an address like 'unix:/path' or a "
+        f"multiprocessing queue, got {type(queue).__name__!r}"
+    )
+
+
+# -- process-wide state and hooks -------------------------------------------------------------------
+
+_sinks: weakref.WeakSet[_SocketSink] = weakref.WeakSet()
+_install_lock = threading.RLock()
+_hooks_pid = 0
+
+
+def _after_fork_in_child() -> None:
+    global _install_lock
+    _install_lock = threading.RLock()
+    for sink in list(_sinks):
+        sink.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _close_all(timeout: float = EXIT_TIMEOUT) -> None:
+    for handler in _installed_handlers():
+        handler._sink.close(timeout)  # noqa: SLF001
+
+
+def _register_exit_hooks() -> None:
+    """Flush at every normal exit of this process, including a fork child's ``os._exit``."""
+    global _hooks_pid
+    if _hooks_pid == os.getpid():
+        return
+    _hooks_pid = os.getpid()
+    # atexit covers the main process and subprocess children; a child started by multiprocessing
+    # (or multiprocess, or billiard) leaves through os._exit after running its own finalizers.
+    atexit.register(_close_all)
+    for name in ("multiprocessing.util", "multiprocess.util", "billiard.util"):
+        util = sys.modules.get(name)
+        if util is not None:
+            util.Finalize(None, _close_all, exitpriority=-100)  # type: ignore[attr-defined]
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # Pool.terminate() (and so `with Pool() as pool:`) ends workers with SIGTERM: ship what is
+    # buffered, then die of the signal as if this handler had never been there.
+    _close_all(timeout=2.0)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _installed_handlers() -> list[FunnelHandler]:
+    return [h for h in logging.getLogger().handlers if isinstance(h, FunnelHandler)]
+
+
+def install_worker_logging(
+    queue: Any = None,
+    *,
+    level: int | str = logging.NOTSET,
+    on_full: OnFull = "block",
+    block_timeout: float = 5.0,
+    capacity: int = 10_000,
+    flush_on_sigterm: bool = True,
+) -> FunnelHandler:
+    """Send this process's logging to a listener; return the installed ``FunnelHandler``.
+
+    *queue* is a listener's ``.queue`` handle, an address string (``unix:/path``,
+    ``tcp://127.0.0.1:PORT``, with the key in ``LOGFUNNEL_AUTHKEY``), None to join the listener
+    named by ``LOGFUNNEL_ADDRESS``, or a ``multiprocessing``/``multiprocess`` queue or queue proxy.
+    The handler replaces the root logger's handlers (ones inherited from a parent would write every
+    line twice) and the root level is set to *level*. Calling it again with the same queue returns the
+    same handler, so it is safe as a ``Pool`` initializer and inside every task.
+
+    When the buffer holds *capacity* records, ``on_full="block"`` waits up to *block_timeout*
+    seconds for room and then drops; ``"drop"`` drops at once. Drops are counted and reported to the
+    listener. With *flush_on_sigterm*, a process whose SIGTERM handler is the default one ships its
+    buffer before it dies of SIGTERM (``Pool.terminate()``).
+    """
+    target = _resolve_queue(queue)
+    root = logging.getLogger()
+    with _install_lock:
+        current = _installed_handlers()
+        if len(current) == 1 and len(root.handlers) == 1 and current[0].queue == target:
+            handler = current[0]
+        else:
+            for old in list(root.handlers):
+                root.removeHandler(old)  # not closed: in a fork child they are the parent's objects
+                if isinstance(old, FunnelHandler):
+                    old.close()
+            handler = FunnelHandler(target, on_full=on_full, block_timeout=block_timeout, capacity=capacity)
+            root.addHandler(handler)
+        root.setLevel(level)
+        _register_exit_hooks()
+        if (
+            flush_on_sigterm
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        ):
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    return handler
+
+
+def flush_worker_logging(timeout: float | None = None) -> bool:
+    """Wait until this process's buffered records are on their way; False if *timeout* ran out.
+
+    Call it before ``os._exit()``, which skips every exit hook.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for handler in _installed_handlers():
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not handler._sink.flush(remaining):  # noqa: SLF001
+            return False
+    return True
+
+
+def uninstall_worker_logging() -> None:
+    """Flush and remove the handler that ``install_worker_logging`` installed."""
+    root = logging.getLogger()
+    with _install_lock:
+        for handler in _installed_handlers():
+            root.removeHandler(handler)
+            handler.close()
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
