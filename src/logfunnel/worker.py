@@ -268,13 +268,13 @@ class _SocketSink:
 
     def _encode(self, batch: list[logging.LogRecord], first: int, stamped: int, dropped: int) -> list[bytes]:
         lines = [self._render(renderer, batch) for renderer in self._renderers]
-        records = [record.__dict__ for record in batch] if self._full else None
+        records = [_state(record) for record in batch] if self._full else None
         message = (_wire.BATCH, first, stamped, dropped, [r.levelno for r in batch], lines, records)
         try:
             payload = _wire.encode(message)
         except ValueError:  # an extra that is not a plain value: send its repr instead
-            for record in batch:
-                _wire.record_state(record.__dict__)
+            for state in records or ():
+                _wire.record_state(state)
             payload = _wire.encode(message)
         if len(payload) + _wire.HEADER.size <= _wire.MAX_FRAME:
             return [_wire.frame(payload)]
@@ -284,9 +284,8 @@ class _SocketSink:
                 batch[half:], first + half, stamped, dropped
             )
         record = batch[0]
-        size = len(record.msg)
-        record.msg = record.msg[: _wire.MAX_FRAME // 16] + f" [logfunnel: message truncated from {size} characters]"
-        record.message = record.msg
+        size = len(record.message)
+        record.message = record.message[: _wire.MAX_FRAME // 16] + f" [logfunnel: truncated from {size} characters]"
         _banner(f"a log message of {size} characters exceeds the frame limit; it was truncated")
         return self._encode(batch, first, stamped, dropped)
 
@@ -306,11 +305,20 @@ class _SocketSink:
             return lines
 
 
+def _state(record: logging.LogRecord) -> dict[str, Any]:
+    """The attribute dict that travels for *record*: its message merged, its exception rendered."""
+    state = record.__dict__.copy()
+    state["msg"] = record.message
+    state["args"] = None
+    state["exc_info"] = None
+    return state
+
+
 def _take(buffer: list[logging.LogRecord]) -> list[logging.LogRecord]:
     """Remove and return the front of *buffer*, at most about ``_BATCH_BYTES`` of messages."""
     size = 0
     for index, record in enumerate(buffer):
-        size += len(record.msg) + 200
+        size += len(record.message) + 200
         if size > _BATCH_BYTES and index:
             batch = buffer[:index]
             del buffer[:index]
@@ -386,19 +394,17 @@ class FunnelHandler(logging.handlers.QueueHandler):
             self._sink = _QueueSink(target, self)
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        """Return a copy of *record* that can travel: message merged, exception rendered, no args."""
-        message = record.getMessage()
-        copy = logging.LogRecord.__new__(logging.LogRecord)
-        state = copy.__dict__
-        state.update(record.__dict__)
-        state["msg"] = message
-        state["args"] = None
-        state["message"] = message
-        if record.exc_info:
-            if not record.exc_text:
-                state["exc_text"] = _exception_formatter.formatException(record.exc_info)
-            state["exc_info"] = None
-        return copy
+        """Merge the message with its arguments now and render any exception to ``exc_text``.
+
+        The standard library's ``prepare`` copies the record because it rewrites ``msg``, ``args``
+        and ``exc_info``; this one leaves them alone and only sets ``message`` and ``exc_text``, the
+        two attributes every ``Formatter`` caches on a record anyway, so no copy is needed. The
+        merged message is what travels, so arguments mutated after the call cannot change it.
+        """
+        record.message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _exception_formatter.formatException(record.exc_info)
+        return record
 
     def enqueue(self, record: logging.LogRecord) -> None:
         """Append *record* to the buffer; for ERROR and above, wait until it is on the wire."""
