@@ -81,6 +81,7 @@ class _SocketSink:
         self._undelivered = 0  # records whose batch could not be sent
         self._sender: threading.Thread | None = None
         self._idle = False
+        self._stalled = False  # a wait for room timed out, and no room has been made since
         self._closing = False
         self._sock: Any = None
         self._renderers: list[_wire.Renderer] = []
@@ -115,7 +116,9 @@ class _SocketSink:
             self.flush(self._block_timeout, until=seq)
 
     def _wait_for_space(self) -> bool:
-        if not self._block:
+        # Wait once for room; if none came, drop without waiting until the sender makes room again,
+        # so a dead or stalled listener costs a worker one timeout, not one per record.
+        if not self._block or self._stalled:
             return False
         if self._sender is None:
             self._start_sender()
@@ -123,6 +126,7 @@ class _SocketSink:
         while len(self._buffer) >= self._capacity:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._pid != os.getpid():
+                self._stalled = True
                 return False
             self._progress.wait(remaining)
         return True
@@ -221,6 +225,7 @@ class _SocketSink:
             batch = _take(self._buffer)
             first = self._handed + 1
             stamped, dropped = self._stamped, self._dropped
+            self._stalled = False
             self._progress.notify_all()  # room in the buffer for blocked callers
         try:
             frames = self._encode(batch, first, stamped, dropped)

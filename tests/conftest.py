@@ -1,0 +1,65 @@
+"""Fixtures shared by the suite: restore global logging state, reap stray children, read log files."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+import logfunnel
+from logfunnel._transport import ADDRESS_ENV, AUTHKEY_ENV
+
+sys.path.insert(0, os.path.dirname(__file__))  # so spawned children can import _workers
+
+LINE_FORMAT = "%(process)d %(processName)s %(levelname)s %(message)s"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Every test leaves the root logger, the environment and the worker state as it found them."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    env = {name: os.environ.get(name) for name in (ADDRESS_ENV, AUTHKEY_ENV)}
+    yield
+    logfunnel.uninstall_worker_logging()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    gc.collect()  # run multiprocessing finalizers inside the test that made them
+
+
+@pytest.fixture(autouse=True)
+def _reap_children():
+    """Kill any process a test started and left behind (multiprocessing's helpers excepted)."""
+    yield
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "forkserver" in cmdline or "resource_tracker" in cmdline:
+            continue
+        try:
+            child.kill()
+            child.wait(5)
+        except psutil.Error:
+            pass
+
+
+@pytest.fixture
+def log_file(tmp_path: Path):
+    """A FileHandler writing LINE_FORMAT lines to a fresh file; yields (handler, path)."""
+    path = tmp_path / "funnel.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LINE_FORMAT))
+    yield handler, path
+    handler.close()
