@@ -102,6 +102,34 @@ def _new_record(state: dict[str, Any]) -> logging.LogRecord:
     return record
 
 
+class _RenderedRecord(logging.LogRecord):
+    """A record that also carries the lines its worker rendered, kept outside ``__dict__`` so that
+    formatters which dump a record's attributes never see them."""
+
+    __slots__ = ("rendered",)
+
+
+class _Prerendered:
+    """Stands in for a handler's plain ``Formatter`` while a listener runs: returns the line the
+    worker rendered with an identical formatter, or formats as the original would."""
+
+    def __init__(self, formatter: logging.Formatter | None, index: int) -> None:
+        self.original = formatter
+        self.index = index
+
+    def format(self, record: logging.LogRecord) -> str:
+        rendered = getattr(record, "rendered", None)
+        if rendered is not None:
+            columns, position = rendered
+            line = columns[self.index][position]
+            if line is not None:
+                return line  # type: ignore[no-any-return]
+        return (self.original or logging._defaultFormatter).format(record)  # noqa: SLF001
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.original or logging._defaultFormatter, name)  # noqa: SLF001
+
+
 def _failure_record(text: str) -> logging.LogRecord:
     return logging.makeLogRecord({"msg": text, "args": None, "name": "logfunnel"})
 
@@ -148,6 +176,7 @@ class LogListener(logging.handlers.QueueListener):
         self._saved_env: tuple[str | None, str | None] | None = None
         self._fast: list[tuple[logging.Handler, int]] = []
         self._slow: list[logging.Handler] = []
+        self._wrapped: list[tuple[logging.Handler, _Prerendered]] = []
         self._plan: dict[str, Any] = {"formats": [], "full": True, "level": self.level}
 
     # -- life cycle --------------------------------------------------------------------------------
@@ -185,6 +214,7 @@ class LogListener(logging.handlers.QueueListener):
                 if thread.is_alive():
                     worker._banner(f"the log listener did not finish draining within {timeout} s")  # noqa: SLF001
             self._thread = None
+        self._unwrap()
         self._close_server()
         self._state = "stopped"
 
@@ -248,22 +278,34 @@ class LogListener(logging.handlers.QueueListener):
         return kind.handle is not LogListener.handle or kind.prepare is not LogListener.prepare
 
     def _plan_dispatch(self) -> None:
-        # Decide, once, which handlers can take lines rendered by the workers (see _wire.Renderer).
-        routed = not self.handlers
-        plain = not routed and not self._seams_overridden()
+        # Decide, once, what the workers render (see _wire.Renderer). A plain Stream/FileHandler
+        # gets whole batches of rendered lines; another handler with a plain Formatter gets records
+        # whose formatting is already done; the rest get records, as from QueueListener.
+        plain = bool(self.handlers) and not self._seams_overridden()
         specs: list[_wire.Spec] = []
-        self._fast, self._slow = [], []
+        self._fast, self._slow, self._wrapped = [], [], []
         for handler in self.handlers:
-            spec = None
-            if plain and type(handler) in _FAST_TYPES and not handler.filters:
-                spec = _wire.formatter_spec(handler.formatter)
-            if spec is None:
-                self._slow.append(handler)
+            spec = _wire.formatter_spec(handler.formatter) if plain else None
+            index = -1
+            if spec is not None:
+                if spec not in specs:
+                    specs.append(spec)
+                index = specs.index(spec)
+            if index >= 0 and type(handler) in _FAST_TYPES and not handler.filters:
+                self._fast.append((handler, index))
                 continue
-            if spec not in specs:
-                specs.append(spec)
-            self._fast.append((handler, specs.index(spec)))
+            self._slow.append(handler)
+            if index >= 0:
+                stand_in = _Prerendered(handler.formatter, index)
+                handler.formatter = stand_in  # type: ignore[assignment]
+                self._wrapped.append((handler, stand_in))
         self._plan = {"formats": specs, "full": not plain or bool(self._slow), "level": self.level}
+
+    def _unwrap(self) -> None:
+        for handler, stand_in in self._wrapped:
+            if handler.formatter is stand_in:  # type: ignore[comparison-overlap]
+                handler.formatter = stand_in.original
+        self._wrapped = []
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         """Return the record to give the handlers; override to change records on the way in."""
@@ -311,8 +353,13 @@ class LogListener(logging.handlers.QueueListener):
         seams = self._seams_overridden()
         if not seams and not self._slow and self.handlers:
             return
-        for state in records:
-            record = _new_record(state)
+        for position, state in enumerate(records):
+            if self._wrapped:
+                record = _RenderedRecord.__new__(_RenderedRecord)
+                record.__dict__ = state
+                record.rendered = (lines, position)
+            else:
+                record = _new_record(state)
             if seams:
                 self.handle(record)
             else:
