@@ -191,13 +191,17 @@ class Renderer(logging.Formatter):
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         created = record.created
-        second = int(created)
-        if second != self._second or created < 0:
-            self._second_text = time.strftime(datefmt or self.default_time_format, self.converter(created))
-            self._second = second
+        if created < 0:  # int() truncates toward zero: before the epoch, skip the cache
+            text = time.strftime(datefmt or self.default_time_format, self.converter(created))
+        else:
+            second = int(created)
+            if second != self._second:
+                self._second_text = time.strftime(datefmt or self.default_time_format, self.converter(created))
+                self._second = second
+            text = self._second_text
         if datefmt or not self.default_msec_format:
-            return self._second_text
-        return self.default_msec_format % (self._second_text, record.msecs)
+            return text
+        return self.default_msec_format % (text, record.msecs)
 
     def format(self, record: logging.LogRecord) -> str:
         # logging.Formatter.format, less the call to record.getMessage().

@@ -9,6 +9,7 @@ above are on the wire before ``emit`` returns, so a crash's last words arrive.
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import logging.handlers
 import multiprocessing
@@ -74,8 +75,9 @@ class _SocketSink:
         self._lock = threading.RLock()  # re-entrant: a SIGTERM handler may flush mid-append
         self._work = threading.Condition(self._lock)
         self._progress = threading.Condition(self._lock)
-        self._buffer: list[logging.LogRecord] = []
-        self._stamped = 0  # records accepted into the buffer; the last one's sequence number
+        # Callers append without a lock (deque.append is atomic); the sender takes under _lock.
+        self._buffer: collections.deque[logging.LogRecord] = collections.deque()
+        self._taken = 0  # records the sender has taken; the last one's sequence number
         self._handed = 0  # records the sender has finished with (shipped, or failed to)
         self._dropped = 0  # records refused because the buffer was full
         self._undelivered = 0  # records whose batch could not be sent
@@ -101,19 +103,30 @@ class _SocketSink:
     # -- the caller's side -------------------------------------------------------------------------
 
     def put(self, record: logging.LogRecord, wait: bool) -> None:
-        with self._lock:
-            if len(self._buffer) >= self._capacity and not self._wait_for_space():
-                self._dropped += 1
-                return
-            self._buffer.append(record)
-            self._stamped += 1
-            seq = self._stamped
-            if self._sender is None:
-                self._start_sender()
-            elif self._idle:
-                self._work.notify()
+        # The hot path: no lock, one append. The sender publishes _idle before it re-checks the
+        # buffer and sleeps, so a caller that sees it busy can rely on it to find the record.
+        buffer = self._buffer
+        if len(buffer) < self._capacity:
+            buffer.append(record)
+        else:
+            with self._lock:
+                if len(buffer) >= self._capacity and not self._wait_for_space():
+                    self._dropped += 1
+                    return
+                buffer.append(record)
+        if self._idle or self._sender is None:
+            with self._lock:
+                if self._sender is None:
+                    self._start_sender()
+                elif self._idle:
+                    self._work.notify()
         if wait:
-            self.flush(self._block_timeout, until=seq)
+            self.flush(self._block_timeout)
+
+    @property
+    def _stamped(self) -> int:
+        """Records accepted so far (exact under _lock): taken by the sender, or still buffered."""
+        return self._taken + len(self._buffer)
 
     def _wait_for_space(self) -> bool:
         # Wait once for room; if none came, drop without waiting until the sender makes room again,
@@ -143,13 +156,13 @@ class _SocketSink:
             return
         self._sender = thread
 
-    def flush(self, timeout: float | None, until: int | None = None) -> bool:
-        """Wait until every record accepted so far (or up to *until*) has been handed to the socket."""
+    def flush(self, timeout: float | None) -> bool:
+        """Wait until every record accepted so far has been handed to the socket; False on timeout."""
         if self._pid != os.getpid():
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            target = self._stamped if until is None else until
+            target = self._stamped
             if self._sender is None and self._handed < target:
                 self._ship_inline()
                 if self._handed < target:
@@ -195,7 +208,8 @@ class _SocketSink:
                         self._progress.notify_all()
                         return
                     self._idle = True
-                    self._work.wait()
+                    if not self._buffer:  # a caller may have appended before it saw _idle
+                        self._work.wait(1.0)
                     self._idle = False
             if self._sock is None and not self._connect():
                 with self._lock:
@@ -211,6 +225,7 @@ class _SocketSink:
         pending = len(self._buffer)
         self._buffer.clear()
         self._undelivered += pending
+        self._taken += pending
         self._handed += pending
         self._sender = None
         self._progress.notify_all()
@@ -223,7 +238,8 @@ class _SocketSink:
     def _ship_some(self) -> None:
         with self._lock:
             batch = _take(self._buffer)
-            first = self._handed + 1
+            first = self._taken + 1
+            self._taken += len(batch)
             stamped, dropped = self._stamped, self._dropped
             self._stalled = False
             self._progress.notify_all()  # room in the buffer for blocked callers
@@ -319,17 +335,15 @@ def _state(record: logging.LogRecord) -> dict[str, Any]:
     return state
 
 
-def _take(buffer: list[logging.LogRecord]) -> list[logging.LogRecord]:
-    """Remove and return the front of *buffer*, at most about ``_BATCH_BYTES`` of messages."""
+def _take(buffer: collections.deque[logging.LogRecord]) -> list[logging.LogRecord]:
+    """Remove and return the front of *buffer*, about ``_BATCH_BYTES`` of messages at most."""
+    batch = []
     size = 0
-    for index, record in enumerate(buffer):
+    popleft = buffer.popleft
+    while buffer and size < _BATCH_BYTES:
+        record = popleft()
+        batch.append(record)
         size += len(record.message) + 200
-        if size > _BATCH_BYTES and index:
-            batch = buffer[:index]
-            del buffer[:index]
-            return batch
-    batch = buffer[:]
-    buffer.clear()
     return batch
 
 
@@ -358,8 +372,8 @@ class _QueueSink:
         except queue_module.Full:
             self.dropped += 1
 
-    def flush(self, timeout: float | None, until: int | None = None) -> bool:
-        return True
+    def flush(self, timeout: float | None) -> bool:
+        return True  # the queue's own feeder thread ships; multiprocessing joins it at exit
 
     def close(self, timeout: float | None) -> None:
         if self.dropped:
@@ -410,6 +424,15 @@ class FunnelHandler(logging.handlers.QueueHandler):
         if record.exc_info and not record.exc_text:
             record.exc_text = _exception_formatter.formatException(record.exc_info)
         return record
+
+    def handle(self, record: logging.LogRecord) -> logging.LogRecord | bool:  # type: ignore[override]
+        """Filter, then emit, without the handler lock: the buffer is safe for concurrent callers."""
+        rv = self.filter(record) if self.filters else True
+        if isinstance(rv, logging.LogRecord):
+            record = rv
+        if rv:
+            self.emit(record)
+        return rv
 
     def enqueue(self, record: logging.LogRecord) -> None:
         """Append *record* to the buffer; for ERROR and above, wait until it is on the wire."""
