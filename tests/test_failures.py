@@ -220,3 +220,97 @@ def test_install_rejects_what_is_not_a_queue():
         r"multiprocessing queue, got 'int'$",
     ):
         logfunnel.install_worker_logging(42)
+
+
+def _block_in_c_after_logging(handle, count) -> None:
+    from logfunnel import _sigterm
+
+    logfunnel.install_worker_logging(handle)
+    log = logging.getLogger("blocked")
+    for i in range(count):
+        log.info("w=blocked i=%d", i)
+    lock = FORK.Lock()
+    lock.acquire()
+    # Simulate a SIGTERM whose C-level handler ran while this thread was about to block: only the
+    # wakeup byte is left. Without the watcher the main thread would wait on the lock forever.
+    threading.Timer(0.2, os.write, args=(_sigterm._state["write"], bytes([signal.SIGTERM]))).start()
+    lock.acquire()  # sem_wait, as a pool worker waits on its task queue
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_taken_outside_the_main_thread_still_flushes_and_kills():
+    """A worker blocked in C whose SIGTERM went astray still flushes, then dies of SIGTERM."""
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    with logfunnel.start_listener(handlers=[Collect()]) as listener:
+        process = FORK.Process(target=_block_in_c_after_logging, args=(listener.queue, 1_000))
+        process.start()
+        process.join(30)
+        assert process.exitcode == -signal.SIGTERM
+    assert [r.getMessage() for r in records] == [f"w=blocked i={i}" for i in range(1_000)]
+    assert listener.stats()["processes"][0]["state"] == "exited"
+
+
+def _fork_child_wakeup_state(results) -> None:
+    from logfunnel import _sigterm
+
+    results.put((signal.set_wakeup_fd(-1), dict(_sigterm._state), _sigterm.installed()))
+
+
+@pytest.mark.timeout(30)
+def test_forked_child_never_writes_into_its_parents_signal_pipe():
+    """After fork the child drops the parent's wakeup pipe (a parent's watcher would act on its bytes)."""
+    from logfunnel import _sigterm
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.fail("must run in the main thread")
+    with logfunnel.start_listener(handlers=[logging.NullHandler()]) as listener:
+        logfunnel.install_worker_logging(listener.queue)
+        assert _sigterm.installed() and _sigterm._state["pid"] == os.getpid()
+        results = FORK.Queue()
+        child = FORK.Process(target=_fork_child_wakeup_state, args=(results,))
+        child.start()
+        wakeup_fd, state, installed = results.get(timeout=20)
+        child.join(20)
+        logfunnel.uninstall_worker_logging()
+    assert (wakeup_fd, state, installed) == (-1, {}, False)
+
+
+def _log_with_odd_values(handle) -> None:
+    import enum
+
+    class Level(enum.IntEnum):
+        NOTICE = 25
+
+    logfunnel.install_worker_logging(handle)
+    log = logging.getLogger("odd")
+    log.log(Level.NOTICE, "an IntEnum level")
+    deep: list = []
+    for _ in range(5_000):
+        deep = [deep]
+    log.info("a deeply nested extra", extra={"deep": deep})
+    log.info("after them")
+
+
+@pytest.mark.timeout(30)
+def test_odd_levels_and_deep_extras_do_not_kill_the_sender_thread():
+    """An IntEnum level or a 5,000-deep extra is sent as a plain value; later records still arrive."""
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    with logfunnel.start_listener(handlers=[Collect()]) as listener:
+        process = FORK.Process(target=_log_with_odd_values, args=(listener.queue,))
+        process.start()
+        process.join(20)
+        assert process.exitcode == 0
+    assert [r.getMessage() for r in records] == ["an IntEnum level", "a deeply nested extra", "after them"]
+    assert records[0].levelno == 25 and type(records[0].levelno) is int
+    assert isinstance(records[1].deep, str)
+    assert listener.stats()["lost"] == 0

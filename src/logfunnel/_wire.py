@@ -141,6 +141,8 @@ def record_state(state: dict[str, Any]) -> dict[str, Any]:
 _CONVERTERS = {"local": time.localtime, "gm": time.gmtime}
 _STYLE_CHARS = {style: char for char, (style, _) in logging._STYLES.items()}  # noqa: SLF001
 
+_OVERRIDABLE = frozenset({"format", "formatTime", "formatException", "formatMessage", "formatStack", "usesTime"})
+
 Spec = tuple[str | None, str | None, str, dict[str, Any] | None, str, str | None, str]
 
 
@@ -155,7 +157,7 @@ def formatter_spec(formatter: logging.Formatter | None) -> Spec | None:
     defaults = getattr(formatter._style, "_defaults", None)  # noqa: SLF001
     if style is None or converter is None or not wire_safe(defaults):
         return None
-    if "formatTime" in vars(formatter) or "formatException" in vars(formatter) or "format" in vars(formatter):
+    if _OVERRIDABLE.intersection(vars(formatter)):  # a method replaced on the instance
         return None
     return (
         formatter._fmt,  # noqa: SLF001

@@ -25,7 +25,7 @@ import time
 import weakref
 from typing import Any, Literal
 
-from . import _wire
+from . import _sigterm, _wire
 from ._transport import QueueHandle, connect, parse_address
 
 __all__ = [
@@ -245,7 +245,13 @@ class _SocketSink:
             self._progress.notify_all()  # room in the buffer for blocked callers
         try:
             frames = self._encode(batch, first, stamped, dropped)
-            self._sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
+        except Exception as exc:  # the sender thread must survive anything a record holds
+            _banner(f"{len(batch)} log records could not be encoded and were lost: {exc!r}")
+            frames = []
+            self._undelivered += len(batch)
+        try:
+            if frames:
+                self._sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
         except OSError as exc:
             self._hang_up(f"lost the connection to {self.handle.address} ({exc}); {len(batch)} records undelivered")
             self._undelivered += len(batch)
@@ -290,11 +296,14 @@ class _SocketSink:
     def _encode(self, batch: list[logging.LogRecord], first: int, stamped: int, dropped: int) -> list[bytes]:
         lines = [self._render(renderer, batch) for renderer in self._renderers]
         records = [_state(record) for record in batch] if self._full else None
-        message = (_wire.BATCH, first, stamped, dropped, [r.levelno for r in batch], lines, records)
+        levels = [record.levelno for record in batch]
+        message = (_wire.BATCH, first, stamped, dropped, levels, lines, records)
         try:
             payload = _wire.encode(message)
-        except ValueError:  # an extra that is not a plain value: send its repr instead
+        except Exception:  # a value that is not plain (or nested too deep): send its repr instead
+            levels[:] = [_level(level) for level in levels]
             for state in records or ():
+                state["levelno"] = _level(state.get("levelno"))
                 _wire.record_state(state)
             payload = _wire.encode(message)
         if len(payload) + _wire.HEADER.size <= _wire.MAX_FRAME:
@@ -324,6 +333,14 @@ class _SocketSink:
                     if handler is not None:
                         handler.handleError(record)
             return lines
+
+
+def _level(level: object) -> int:
+    """A level as a plain int (an IntEnum level is an int subclass, which the wire refuses)."""
+    try:
+        return int(level)  # type: ignore[call-overload, no-any-return]
+    except Exception:
+        return logging.NOTSET
 
 
 def _state(record: logging.LogRecord) -> dict[str, Any]:
@@ -517,11 +534,14 @@ def _resolve_queue(queue: Any) -> Any:
 _sinks: weakref.WeakSet[_SocketSink] = weakref.WeakSet()
 _install_lock = threading.RLock()
 _hooks_pid = 0
+_flush_on_sigterm = False
 
 
 def _after_fork_in_child() -> None:
     global _install_lock
     _install_lock = threading.RLock()
+    _sigterm.after_fork_in_child()
+    listener_threads.clear()  # the parent's listener threads are not ours; their idents get reused
     for sink in list(_sinks):
         sink.after_fork_in_child()
 
@@ -540,6 +560,8 @@ def _register_exit_hooks() -> None:
     if _hooks_pid == os.getpid():
         return
     _hooks_pid = os.getpid()
+    if _flush_on_sigterm:  # re-arm in a fork child that inherited the handler (main thread only)
+        _sigterm.install(_close_all)
     # atexit covers the main process and subprocess children; a child started by multiprocessing
     # (or multiprocess, or billiard) leaves through os._exit after running its own finalizers.
     atexit.register(_close_all)
@@ -548,13 +570,6 @@ def _register_exit_hooks() -> None:
         if util is not None:
             util.Finalize(None, _close_all, exitpriority=-100)  # type: ignore[attr-defined]
 
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    # Pool.terminate() (and so `with Pool() as pool:`) ends workers with SIGTERM: ship what is
-    # buffered, then die of the signal as if this handler had never been there.
-    _close_all(timeout=2.0)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _installed_handlers() -> list[FunnelHandler]:
@@ -599,12 +614,10 @@ def install_worker_logging(
             root.addHandler(handler)
         root.setLevel(level)
         _register_exit_hooks()
-        if (
-            flush_on_sigterm
-            and threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-        ):
-            signal.signal(signal.SIGTERM, _on_sigterm)
+        global _flush_on_sigterm
+        _flush_on_sigterm = flush_on_sigterm
+        if flush_on_sigterm:
+            _sigterm.install(_close_all)
     return handler
 
 
@@ -628,5 +641,4 @@ def uninstall_worker_logging() -> None:
         for handler in _installed_handlers():
             root.removeHandler(handler)
             handler.close()
-        if signal.getsignal(signal.SIGTERM) is _on_sigterm and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _sigterm.uninstall()
