@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -191,6 +192,36 @@ def run_single(args, _r):
     return res
 
 
+# ---- the floor: what a logging call costs before any handler does work -----
+
+class _DoNothing(logging.Handler):
+    def emit(self, record):
+        pass
+
+
+def _floor_child(n, out):
+    C.reset_root_logger(_DoNothing())
+    log = logging.getLogger(LOGGER_NAME)
+    samples = []
+    clock = time.perf_counter_ns
+    for i in range(n):
+        t0 = clock()
+        log.info("request %d from %s took %.3f ms", i, "client-%d" % (i % 50), i * 0.01)
+        samples.append(clock() - t0)
+    samples.sort()
+    out.put((samples[len(samples) // 2] / 1e3, samples[int(len(samples) * 0.99)] / 1e3))
+
+
+def measure_floor(n=200_000):
+    """p50/p99 of logger.info into a handler whose emit() does nothing (one process, no load)."""
+    out = CTX.Queue()
+    proc = CTX.Process(target=_floor_child, args=(n, out))
+    proc.start()
+    result = out.get(timeout=120)
+    proc.join(30)
+    return result
+
+
 # ---- main ------------------------------------------------------------------
 
 def parse_args(argv=None):
@@ -250,9 +281,15 @@ def main(argv=None):
         "logfunnel/stdlib-queue p99 latency":
             C.ratio(summary, "logfunnel", "stdlib-queue", "p99_us"),
     }
+    floor_p50, floor_p99 = measure_floor()
+    stdlib_p50 = summary.get("stdlib-queue", {}).get("p50_us")
+    if stdlib_p50:
+        ratios["floor/stdlib-queue p50 latency"] = floor_p50 / stdlib_p50
     print()
     for k, v in ratios.items():
         print(f"{k:<42} {'-' if v is None else f'{v:.2f}x'}")
+    print(f"floor: logger.info into a handler that does nothing, p50 {floor_p50:.2f} us, "
+          f"p99 {floor_p99:.2f} us (one process, no load)")
     bad = [n for n, s in summary.items()
            if "error" in s or not s["checks_ok"]]
     if bad:
@@ -267,7 +304,8 @@ def main(argv=None):
                    "single_process_records": total, "repeat": args.repeat,
                    "start_method": "fork", "format": C.LOG_FORMAT},
         "logfunnel_import_error": LOGFUNNEL_ERROR,
-        "summary": summary, "ratios": ratios, "runs": results})
+        "summary": summary, "ratios": ratios,
+        "floor_us": {"p50": floor_p50, "p99": floor_p99}, "runs": results})
     title = (f"{args.workers} workers x {args.records:,} records -> one file "
              f"({info['cpu_count']} CPUs, Python {info['python']})")
     plotted = C.plot_summary(png_path, summary, title)
