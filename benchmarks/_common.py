@@ -28,8 +28,7 @@ from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-LOG_FORMAT = ("%(asctime)s %(levelname)s %(process)d "
-              "%(name)s:%(funcName)s:%(lineno)d - %(message)s")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s:%(funcName)s:%(lineno)d - %(message)s"
 
 SETUP_TIMEOUT = 60.0  # seconds for workers to start and configure logging
 
@@ -37,6 +36,7 @@ SETUP_TIMEOUT = 60.0  # seconds for workers to start and configure logging
 # --------------------------------------------------------------------------
 # small utilities
 # --------------------------------------------------------------------------
+
 
 def machine_info() -> dict:
     return {
@@ -53,8 +53,7 @@ def make_file_handler(path, fmt: str = LOG_FORMAT) -> logging.FileHandler:
     return handler
 
 
-def reset_root_logger(*handlers: logging.Handler,
-                      level: int = logging.NOTSET) -> logging.Logger:
+def reset_root_logger(*handlers: logging.Handler, level: int = logging.NOTSET) -> logging.Logger:
     """Replace whatever the root logger has (e.g. inherited across fork)."""
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -80,15 +79,14 @@ def call_with_timeout(fn, timeout: float):
     def target():
         try:
             box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported to caller
+        except BaseException as exc:
             box["error"] = exc
 
     t = threading.Thread(target=target, daemon=True, name="bench-call")
     t.start()
     t.join(timeout)
     if t.is_alive():
-        raise TimeoutError(f"{getattr(fn, '__qualname__', fn)} did not return "
-                           f"within {timeout:.0f}s")
+        raise TimeoutError(f"{getattr(fn, '__qualname__', fn)} did not return within {timeout:.0f}s")
     if "error" in box:
         raise box["error"]
     return box.get("result")
@@ -98,8 +96,7 @@ def percentile(sorted_values, q: float):
     """Nearest-rank percentile of an already sorted sequence (q in 0..100)."""
     if not sorted_values:
         return float("nan")
-    k = max(0, min(len(sorted_values) - 1,
-                   round(q / 100.0 * len(sorted_values) + 0.5) - 1))
+    k = max(0, min(len(sorted_values) - 1, round(q / 100.0 * len(sorted_values) + 0.5) - 1))
     return sorted_values[k]
 
 
@@ -119,6 +116,7 @@ def latency_stats(arrays) -> dict:
 # --------------------------------------------------------------------------
 # the record loop and the timed worker pool
 # --------------------------------------------------------------------------
+
 
 def emit_records(logger: logging.Logger, n: int) -> array.array:
     """Log ``n`` standard records; return per-call latencies in ns."""
@@ -149,8 +147,9 @@ def _worker_main(setup, wid, n_records, ready, go, lat_path):
         lat.tofile(f)
 
 
-def run_timed_pool(ctx, setup, n_workers: int, n_records: int, tmpdir,
-                   finish=None, timeout: float = 600.0) -> dict:
+def run_timed_pool(
+    ctx, setup, n_workers: int, n_records: int, tmpdir, finish=None, timeout: float = 600.0
+) -> dict:
     """Run ``n_workers`` processes each logging ``n_records`` records.
 
     The clock starts when all workers (already configured, waiting) are
@@ -163,9 +162,12 @@ def run_timed_pool(ctx, setup, n_workers: int, n_records: int, tmpdir,
     ready = ctx.Barrier(n_workers + 1)
     go = ctx.Event()
     lat_paths = [os.path.join(tmpdir, f"lat-{w}.bin") for w in range(n_workers)]
-    procs = [ctx.Process(target=_worker_main, name=f"bench-worker-{w}",
-                         args=(setup, w, n_records, ready, go, lat_paths[w]))
-             for w in range(n_workers)]
+    procs = [
+        ctx.Process(
+            target=_worker_main, name=f"bench-worker-{w}", args=(setup, w, n_records, ready, go, lat_paths[w])
+        )
+        for w in range(n_workers)
+    ]
     for p in procs:
         p.start()
     try:
@@ -183,8 +185,7 @@ def run_timed_pool(ctx, setup, n_workers: int, n_records: int, tmpdir,
             raise RuntimeError(f"workers failed (name, exitcode): {failed}")
         finish_result = None
         if finish is not None:
-            finish_result = call_with_timeout(
-                finish, max(1.0, deadline - time.monotonic()))
+            finish_result = call_with_timeout(finish, max(1.0, deadline - time.monotonic()))
         seconds = time.perf_counter() - t0
     finally:
         go.set()
@@ -202,13 +203,18 @@ def run_timed_pool(ctx, setup, n_workers: int, n_records: int, tmpdir,
             arr.frombytes(f.read())
         lats.append(arr)
         os.unlink(path)
-    return {"seconds": seconds, "records": n_workers * n_records,
-            "latency": latency_stats(lats), "finish_result": finish_result}
+    return {
+        "seconds": seconds,
+        "records": n_workers * n_records,
+        "latency": latency_stats(lats),
+        "finish_result": finish_result,
+    }
 
 
 # --------------------------------------------------------------------------
 # running variants, summarizing, output
 # --------------------------------------------------------------------------
+
 
 def _fmt_us(v):
     return "-" if v is None else f"{v:.2f}"
@@ -231,24 +237,24 @@ def run_interleaved(variants: dict, repeat: int) -> dict:
             print(prefix, end=" ", flush=True)
             try:
                 res = fn(r)
-            except Exception as exc:  # noqa: BLE001 - keep benchmarking
+            except Exception as exc:
                 res = {"error": f"{type(exc).__name__}: {exc}"}
                 print(f"ERROR {res['error']}", flush=True)
                 results[name].append(res)
                 continue
             res["records_per_s"] = res["records"] / res["seconds"]
             lat = res.get("latency") or {}
-            line = (f"{res['records']:,} records in {res['seconds']:.3f}s = "
-                    f"{res['records_per_s']:,.0f} rec/s, call p50 "
-                    f"{_fmt_us(lat.get('p50_us'))} us, p99 "
-                    f"{_fmt_us(lat.get('p99_us'))} us")
+            line = (
+                f"{res['records']:,} records in {res['seconds']:.3f}s = "
+                f"{res['records_per_s']:,.0f} rec/s, call p50 "
+                f"{_fmt_us(lat.get('p50_us'))} us, p99 "
+                f"{_fmt_us(lat.get('p99_us'))} us"
+            )
             problems = res.setdefault("problems", [])
             if "lines" in res:
                 expected = res.get("expected_lines", res["records"])
-                if res["lines"] != expected and not any(
-                        "lines" in p for p in problems):
-                    problems.append(f"file has {res['lines']:,} lines, "
-                                    f"expected {expected:,}")
+                if res["lines"] != expected and not any("lines" in p for p in problems):
+                    problems.append(f"file has {res['lines']:,} lines, expected {expected:,}")
                 line += ", lines OK" if res["lines"] == expected else ""
             for p in problems:
                 line += f"\n  !!!!! WARNING: {p} !!!!!"
@@ -263,23 +269,28 @@ def summarize(results: dict) -> dict:
     for name, runs in results.items():
         good = [r for r in runs if "error" not in r]
         if not good:
-            summary[name] = {"runs": len(runs), "ok_runs": 0,
-                             "error": runs[0]["error"] if runs else "not run"}
+            summary[name] = {
+                "runs": len(runs),
+                "ok_runs": 0,
+                "error": runs[0]["error"] if runs else "not run",
+            }
             continue
         ranked = sorted(good, key=lambda r: r["records_per_s"])
         median_run = ranked[(len(ranked) - 1) // 2]
         lats = [r.get("latency") or {} for r in good]
 
-        def med(key):
-            vals = [l[key] for l in lats if l.get(key) is not None]
+        def med(key, lats=lats):
+            vals = [lat[key] for lat in lats if lat.get(key) is not None]
             return statistics.median(vals) if vals else None
 
         summary[name] = {
-            "runs": len(runs), "ok_runs": len(good),
+            "runs": len(runs),
+            "ok_runs": len(good),
             "records_per_s": median_run["records_per_s"],
             "seconds": median_run["seconds"],
             "records": median_run["records"],
-            "p50_us": med("p50_us"), "p99_us": med("p99_us"),
+            "p50_us": med("p50_us"),
+            "p99_us": med("p99_us"),
             "checks_ok": not any(r.get("problems") for r in good),
         }
     return summary
@@ -293,21 +304,26 @@ def ratio(summary: dict, a: str, b: str, key: str = "records_per_s"):
 
 def print_table(summary: dict, baselines=()) -> None:
     """Print one row per variant; a "vs <baseline>" throughput column each."""
-    cols = ["variant", "records/s"] + [f"x vs {b}" for b in baselines] + [
-        "p50 us", "p99 us", "runs ok", "checks"]
+    cols = (
+        ["variant", "records/s"]
+        + [f"x vs {b}" for b in baselines]
+        + ["p50 us", "p99 us", "runs ok", "checks"]
+    )
     rows = []
     for name, s in summary.items():
         if "error" in s:
-            rows.append([name, "FAILED"] + ["-"] * (len(cols) - 4)
-                        + [f"0/{s['runs']}", "-"])
+            rows.append([name, "FAILED"] + ["-"] * (len(cols) - 4) + [f"0/{s['runs']}", "-"])
             continue
         row = [name, f"{s['records_per_s']:,.0f}"]
         for b in baselines:
             r = ratio(summary, name, b)
             row.append("-" if r is None else f"{r:.2f}")
-        row += [_fmt_us(s["p50_us"]), _fmt_us(s["p99_us"]),
-                f"{s['ok_runs']}/{s['runs']}",
-                "ok" if s["checks_ok"] else "PROBLEM"]
+        row += [
+            _fmt_us(s["p50_us"]),
+            _fmt_us(s["p99_us"]),
+            f"{s['ok_runs']}/{s['runs']}",
+            "ok" if s["checks_ok"] else "PROBLEM",
+        ]
         rows.append(row)
     widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
@@ -329,6 +345,7 @@ def plot_summary(path, summary: dict, title: str) -> bool:
     """Bar chart: records/s per variant, and p50/p99 call latency."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         import matplotlib.ticker
@@ -344,8 +361,7 @@ def plot_summary(path, summary: dict, title: str) -> bool:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     bars = ax1.bar(names, rate, color="tab:blue")
     ax1.bar_label(bars, labels=[f"{v:,.0f}" for v in rate], fontsize=8)
-    ax1.yaxis.set_major_formatter(
-        matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax1.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax1.set_ylabel("records / s (median run)")
     ax1.set_title("Throughput")
     x = range(len(names))

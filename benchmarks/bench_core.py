@@ -32,16 +32,17 @@ _SRC = Path(__file__).resolve().parent.parent / "src"
 if _SRC.is_dir():
     sys.path.insert(0, str(_SRC))
 
-import _common as C  # noqa: E402
+import _common as C
 
 _API = ("start_listener", "install_worker_logging", "flush_worker_logging")
 try:
     import logfunnel
+
     _missing = [a for a in _API if not hasattr(logfunnel, a)]
     if _missing:
         raise ImportError(f"logfunnel lacks {', '.join(_missing)}")
     LOGFUNNEL_ERROR = None
-except Exception as exc:  # noqa: BLE001 - benchmark the rest anyway
+except Exception as exc:
     logfunnel = None
     LOGFUNNEL_ERROR = f"{type(exc).__name__}: {exc}"
 
@@ -50,6 +51,7 @@ CTX = multiprocessing.get_context("fork")
 
 
 # ---- worker-side setup functions: return (logger, finish) -----------------
+
 
 def _setup_logfunnel(handle, wid):
     C.reset_root_logger()
@@ -71,9 +73,9 @@ def _setup_single(path, wid):
 # ---- one run of each variant ---------------------------------------------
 
 LINE_RE = re.compile(
-    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO (\d+) "
-    + re.escape(LOGGER_NAME) + r":emit_records:(\d+) - "
-    r"request (\d+) from (client-\d+) took (\S+) ms")
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO (\d+) " + re.escape(LOGGER_NAME) + r":emit_records:(\d+) - "
+    r"request (\d+) from (client-\d+) took (\S+) ms"
+)
 
 
 def _check_file(path, expected, n_procs) -> dict:
@@ -96,8 +98,7 @@ def _check_file(path, expected, n_procs) -> dict:
             if (client, took) != ("client-%d" % (i % 50), "%.3f" % (i * 0.01)):
                 bad.append(f"wrong message at line {lines}: {line!r}")
             if next_i.get(pid, 0) != i:
-                bad.append(f"pid {pid}: record {i} at line {lines}, "
-                           f"expected {next_i.get(pid, 0)}")
+                bad.append(f"pid {pid}: record {i} at line {lines}, expected {next_i.get(pid, 0)}")
             next_i[pid] = i + 1
     problems = []
     if lines != expected:
@@ -106,14 +107,18 @@ def _check_file(path, expected, n_procs) -> dict:
         problems.append(f"{len(next_i)} distinct pids, expected {n_procs}")
     short = {pid: n for pid, n in next_i.items() if n != expected // n_procs}
     if short:
-        problems.append(f"pids whose last record is not "
-                        f"{expected // n_procs - 1}: {short}")
+        problems.append(f"pids whose last record is not {expected // n_procs - 1}: {short}")
     if len(linenos) > 1:
         problems.append(f"several lineno values: {sorted(linenos)}")
     if bad:
         problems.append(f"{len(bad)} bad/out-of-order lines, first: {bad[:3]}")
-    return {"lines": lines, "expected_lines": expected, "pids": len(next_i),
-            "first_line": first, "problems": problems}
+    return {
+        "lines": lines,
+        "expected_lines": expected,
+        "pids": len(next_i),
+        "first_line": first,
+        "problems": problems,
+    }
 
 
 def run_logfunnel(args, _r):
@@ -128,13 +133,18 @@ def run_logfunnel(args, _r):
 
         try:
             res = C.run_timed_pool(
-                CTX, functools.partial(_setup_logfunnel, listener.queue),
-                args.workers, args.records, tmp, finish=finish,
-                timeout=args.timeout)
+                CTX,
+                functools.partial(_setup_logfunnel, listener.queue),
+                args.workers,
+                args.records,
+                tmp,
+                finish=finish,
+                timeout=args.timeout,
+            )
         except BaseException:
             try:
                 C.call_with_timeout(listener.stop, 10)
-            except Exception:  # noqa: BLE001 - already failing
+            except Exception:
                 pass
             raise
         finally:
@@ -157,19 +167,23 @@ def run_stdlib_queue(args, _r):
         path = os.path.join(tmp, "app.log")
         handler = C.make_file_handler(path)
         queue = CTX.Queue(-1)
-        listener = logging.handlers.QueueListener(
-            queue, handler, respect_handler_level=True)
+        listener = logging.handlers.QueueListener(queue, handler, respect_handler_level=True)
         listener.start()
         try:
             res = C.run_timed_pool(
-                CTX, functools.partial(_setup_stdlib_queue, queue),
-                args.workers, args.records, tmp, finish=listener.stop,
-                timeout=args.timeout)
+                CTX,
+                functools.partial(_setup_stdlib_queue, queue),
+                args.workers,
+                args.records,
+                tmp,
+                finish=listener.stop,
+                timeout=args.timeout,
+            )
         except BaseException:
             if listener._thread is not None:
                 try:
                     C.call_with_timeout(listener.stop, 10)
-                except Exception:  # noqa: BLE001 - already failing
+                except Exception:
                     pass
             raise
         finally:
@@ -185,14 +199,16 @@ def run_single(args, _r):
     total = args.workers * args.records
     with tempfile.TemporaryDirectory(prefix="bench-core-") as tmp:
         path = os.path.join(tmp, "app.log")
-        res = C.run_timed_pool(CTX, functools.partial(_setup_single, path),
-                               1, total, tmp, timeout=args.timeout)
+        res = C.run_timed_pool(
+            CTX, functools.partial(_setup_single, path), 1, total, tmp, timeout=args.timeout
+        )
         res.pop("finish_result")
         res.update(_check_file(path, total, 1))
     return res
 
 
 # ---- the floor: what a logging call costs before any handler does work -----
+
 
 class _DoNothing(logging.Handler):
     def emit(self, record):
@@ -224,21 +240,20 @@ def measure_floor(n=200_000):
 
 # ---- main ------------------------------------------------------------------
 
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--records", type=int, default=50_000,
-                    help="records per worker (default 50000)")
+    ap.add_argument("--records", type=int, default=50_000, help="records per worker (default 50000)")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke test: 5000 records per worker, 1 repeat")
-    ap.add_argument("--timeout", type=float, default=600.0,
-                    help="seconds before a run is declared hung")
-    ap.add_argument("--only", default="",
-                    help="comma-separated subset of variants to run")
-    ap.add_argument("--out", default=None,
-                    help="results file stem in benchmarks/results "
-                         "(default core, or core-quick with --quick)")
+    ap.add_argument("--quick", action="store_true", help="smoke test: 5000 records per worker, 1 repeat")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds before a run is declared hung")
+    ap.add_argument("--only", default="", help="comma-separated subset of variants to run")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="results file stem in benchmarks/results (default core, or core-quick with --quick)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.records, args.repeat = 5_000, 1
@@ -251,13 +266,15 @@ def main(argv=None):
     args = parse_args(argv)
     info = C.machine_info()
     total = args.workers * args.records
-    print(f"CPUs: {info['cpu_count']}  Python: {info['python']} "
-          f"({info['implementation']})  {info['platform']}")
-    print(f"{args.workers} workers x {args.records:,} records "
-          f"(single-process: {total:,}), {args.repeat} repeat(s), fork")
+    print(
+        f"CPUs: {info['cpu_count']}  Python: {info['python']} ({info['implementation']})  {info['platform']}"
+    )
+    print(
+        f"{args.workers} workers x {args.records:,} records "
+        f"(single-process: {total:,}), {args.repeat} repeat(s), fork"
+    )
 
-    variants = {"logfunnel": run_logfunnel, "stdlib-queue": run_stdlib_queue,
-                "single-process": run_single}
+    variants = {"logfunnel": run_logfunnel, "stdlib-queue": run_stdlib_queue, "single-process": run_single}
     if logfunnel is None:
         print(f"logfunnel not importable ({LOGFUNNEL_ERROR}): skipping it")
         del variants["logfunnel"]
@@ -272,14 +289,10 @@ def main(argv=None):
     print()
     C.print_table(summary, baselines=("stdlib-queue", "single-process"))
     ratios = {
-        "logfunnel/stdlib-queue records_per_s":
-            C.ratio(summary, "logfunnel", "stdlib-queue"),
-        "logfunnel/single-process records_per_s":
-            C.ratio(summary, "logfunnel", "single-process"),
-        "logfunnel/stdlib-queue p50 latency":
-            C.ratio(summary, "logfunnel", "stdlib-queue", "p50_us"),
-        "logfunnel/stdlib-queue p99 latency":
-            C.ratio(summary, "logfunnel", "stdlib-queue", "p99_us"),
+        "logfunnel/stdlib-queue records_per_s": C.ratio(summary, "logfunnel", "stdlib-queue"),
+        "logfunnel/single-process records_per_s": C.ratio(summary, "logfunnel", "single-process"),
+        "logfunnel/stdlib-queue p50 latency": C.ratio(summary, "logfunnel", "stdlib-queue", "p50_us"),
+        "logfunnel/stdlib-queue p99 latency": C.ratio(summary, "logfunnel", "stdlib-queue", "p99_us"),
     }
     floor_p50, floor_p99 = measure_floor()
     stdlib_p50 = summary.get("stdlib-queue", {}).get("p50_us")
@@ -288,26 +301,40 @@ def main(argv=None):
     print()
     for k, v in ratios.items():
         print(f"{k:<42} {'-' if v is None else f'{v:.2f}x'}")
-    print(f"floor: logger.info into a handler that does nothing, p50 {floor_p50:.2f} us, "
-          f"p99 {floor_p99:.2f} us (one process, no load)")
-    bad = [n for n, s in summary.items()
-           if "error" in s or not s["checks_ok"]]
+    print(
+        f"floor: logger.info into a handler that does nothing, p50 {floor_p50:.2f} us, "
+        f"p99 {floor_p99:.2f} us (one process, no load)"
+    )
+    bad = [n for n, s in summary.items() if "error" in s or not s["checks_ok"]]
     if bad:
-        print(f"\n!!!!! WARNING: problems in {', '.join(bad)} "
-              "(see the run lines above) !!!!!")
+        print(f"\n!!!!! WARNING: problems in {', '.join(bad)} (see the run lines above) !!!!!")
 
     json_path = C.RESULTS_DIR / f"{args.out}.json"
     png_path = C.RESULTS_DIR / f"{args.out}.png"
-    C.write_json(json_path, {
-        "benchmark": "core", "machine": info,
-        "params": {"workers": args.workers, "records_per_worker": args.records,
-                   "single_process_records": total, "repeat": args.repeat,
-                   "start_method": "fork", "format": C.LOG_FORMAT},
-        "logfunnel_import_error": LOGFUNNEL_ERROR,
-        "summary": summary, "ratios": ratios,
-        "floor_us": {"p50": floor_p50, "p99": floor_p99}, "runs": results})
-    title = (f"{args.workers} workers x {args.records:,} records -> one file "
-             f"({info['cpu_count']} CPUs, Python {info['python']})")
+    C.write_json(
+        json_path,
+        {
+            "benchmark": "core",
+            "machine": info,
+            "params": {
+                "workers": args.workers,
+                "records_per_worker": args.records,
+                "single_process_records": total,
+                "repeat": args.repeat,
+                "start_method": "fork",
+                "format": C.LOG_FORMAT,
+            },
+            "logfunnel_import_error": LOGFUNNEL_ERROR,
+            "summary": summary,
+            "ratios": ratios,
+            "floor_us": {"p50": floor_p50, "p99": floor_p99},
+            "runs": results,
+        },
+    )
+    title = (
+        f"{args.workers} workers x {args.records:,} records -> one file "
+        f"({info['cpu_count']} CPUs, Python {info['python']})"
+    )
     plotted = C.plot_summary(png_path, summary, title)
     print(f"\nwrote {json_path}" + (f" and {png_path}" if plotted else ""))
     return 1 if bad else 0

@@ -14,7 +14,7 @@ def work(n: int) -> int:
     log.info("task %d starts", n)
     if n == 3:
         try:
-            1 / 0
+            _ = n / 0
         except ZeroDivisionError:
             log.exception("task %d failed", n)
     return n * n
@@ -24,6 +24,8 @@ if __name__ == "__main__":
     handler = logging.FileHandler("pool-example.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(processName)-18s %(levelname)-7s %(message)s"))
     with logfunnel.start_listener(handlers=[handler]) as listener:
-        with multiprocessing.Pool(4, initializer=logfunnel.install_worker_logging, initargs=(listener.queue,)) as pool:
+        with multiprocessing.Pool(
+            4, initializer=logfunnel.install_worker_logging, initargs=(listener.queue,)
+        ) as pool:
             print(pool.map(work, range(8)))
     print(listener.stats()["received"], "records in pool-example.log")

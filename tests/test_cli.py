@@ -12,7 +12,18 @@ import pytest
 def test_demo_runs_and_accounts_for_every_record(tmp_path):
     """`logfunnel demo` logs from a pool into a rotating file and every record is accounted for."""
     result = subprocess.run(
-        [sys.executable, "-m", "logfunnel.cli", "demo", "--seconds", "1", "--workers", "2", "--dir", str(tmp_path / "d")],
+        [
+            sys.executable,
+            "-m",
+            "logfunnel.cli",
+            "demo",
+            "--seconds",
+            "1",
+            "--workers",
+            "2",
+            "--dir",
+            str(tmp_path / "d"),
+        ],
         capture_output=True,
         text=True,
         timeout=100,
@@ -30,6 +41,7 @@ def test_demo_runs_and_accounts_for_every_record(tmp_path):
 
 def test_version():
     """`logfunnel --version` prints the version."""
-    result = subprocess.run([sys.executable, "-m", "logfunnel.cli", "--version"], capture_output=True, text=True,
+    command = [sys.executable, "-m", "logfunnel.cli", "--version"]
+    result = subprocess.run(command, capture_output=True, text=True,
                             timeout=60, check=True)  # fmt: skip
     assert result.stdout.startswith("logfunnel 0.")

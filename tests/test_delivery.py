@@ -12,9 +12,9 @@ import textwrap
 
 import multiprocess
 import pytest
-from _workers import assert_exactly_once, log_records
 
 import logfunnel
+from _workers import assert_exactly_once, log_records
 
 WORKERS = 4
 RECORDS = 10_000
@@ -32,7 +32,9 @@ def test_pool_delivers_every_record_once(method, log_file):
     handler, path = log_file
     with logfunnel.start_listener(handlers=[handler]) as listener:
         ctx = multiprocessing.get_context(method)
-        with ctx.Pool(WORKERS, initializer=logfunnel.install_worker_logging, initargs=(listener.queue,)) as pool:
+        with ctx.Pool(
+            WORKERS, initializer=logfunnel.install_worker_logging, initargs=(listener.queue,)
+        ) as pool:
             pool.starmap(log_records, [(w, RECORDS) for w in range(WORKERS)])
             pool.close()
             pool.join()
@@ -48,7 +50,9 @@ def test_pool_context_exit_terminates_without_losing_records(method, log_file):
     handler, path = log_file
     with logfunnel.start_listener(handlers=[handler]) as listener:
         ctx = multiprocessing.get_context(method)
-        with ctx.Pool(WORKERS, initializer=logfunnel.install_worker_logging, initargs=(listener.queue,)) as pool:
+        with ctx.Pool(
+            WORKERS, initializer=logfunnel.install_worker_logging, initargs=(listener.queue,)
+        ) as pool:
             pool.starmap(log_records, [(w, 2_000) for w in range(WORKERS)])
         # terminate() does not wait for the workers' exit; the listener drains what they sent.
     assert_exactly_once(path, _expected(2_000))
@@ -74,7 +78,9 @@ def test_multiprocess_pool_delivers_every_record_once(log_file):
     """The dill-based `multiprocess` package's Pool works like multiprocessing's."""
     handler, path = log_file
     with logfunnel.start_listener(handlers=[handler]) as listener:
-        with multiprocess.Pool(WORKERS, initializer=logfunnel.install_worker_logging, initargs=(listener.queue,)) as pool:
+        with multiprocess.Pool(
+            WORKERS, initializer=logfunnel.install_worker_logging, initargs=(listener.queue,)
+        ) as pool:
             pool.starmap(log_records, [(w, RECORDS) for w in range(WORKERS)])
             pool.close()
             pool.join()

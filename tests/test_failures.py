@@ -11,9 +11,9 @@ import time
 
 import psutil
 import pytest
-from _workers import assert_exactly_once, log_forever, log_records, parse, wait_for
 
 import logfunnel
+from _workers import assert_exactly_once, log_forever, log_records, parse, wait_for
 
 FORK = multiprocessing.get_context("fork")
 
@@ -181,7 +181,9 @@ def test_message_beyond_the_frame_limit_is_truncated_not_lost(tmp_path, capfd):
     handler.close()
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0] == "before" and lines[2] == "after"
-    assert lines[1].startswith("yyyy") and lines[1].endswith("[logfunnel: truncated from 83886080 characters]")
+    assert lines[1].startswith("yyyy") and lines[1].endswith(
+        "[logfunnel: truncated from 83886080 characters]"
+    )
     assert listener.stats()["received"] == 3
     assert "exceeds the frame limit" in capfd.readouterr().err
 

@@ -81,7 +81,9 @@ def test_listener_output_is_byte_identical_to_in_worker_output(method, tmp_path)
         handler.setFormatter(formatter)
         handlers.append(handler)
     with logfunnel.start_listener(handlers=handlers) as listener:
-        process = multiprocessing.get_context(method).Process(target=_worker, args=(listener.queue, local_paths))
+        process = multiprocessing.get_context(method).Process(
+            target=_worker, args=(listener.queue, local_paths)
+        )
         process.start()
         process.join(30)
         assert process.exitcode == 0

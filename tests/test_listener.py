@@ -8,9 +8,9 @@ import multiprocessing
 import os
 
 import pytest
-from _workers import log_records, wait_for
 
 import logfunnel
+from _workers import log_records, wait_for
 
 FORK = multiprocessing.get_context("fork")
 
@@ -106,7 +106,7 @@ def test_listener_level_filters_before_handlers(tmp_path):
 
 @pytest.mark.timeout(30)
 def test_without_handlers_records_follow_this_process_logging_configuration():
-    """handlers=None routes each record through logging.getLogger(record.name), per-logger handlers and all."""
+    """handlers=None routes each record through logging.getLogger(record.name), per-logger handlers too."""
     app, other = Collect(), Collect()
     logging.getLogger("app").addHandler(app)
     logging.getLogger("other").addHandler(other)

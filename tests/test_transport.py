@@ -137,8 +137,8 @@ def test_queue_handle_equality_needs_address_and_key() -> None:
     assert hash(QueueHandle(HANDLE.address, bytes(KEY))) == hash(HANDLE)
     assert QueueHandle(HANDLE.address, b"other key") != HANDLE
     assert QueueHandle("unix:/elsewhere.sock", KEY) != HANDLE
-    assert HANDLE != HANDLE.address
-    assert HANDLE != (HANDLE.address, KEY)
+    assert HANDLE.address != HANDLE
+    assert (HANDLE.address, KEY) != HANDLE
 
 
 def test_queue_handle_repr_hides_the_auth_key() -> None:

@@ -81,7 +81,9 @@ def test_bad_address_is_refused():
         logfunnel.install_worker_logging("http://example.invalid")
 
 
-@pytest.mark.parametrize("make", [lambda: multiprocessing.get_context("spawn").Queue(), lambda: __import__("queue").Queue()])
+@pytest.mark.parametrize(
+    "make", [lambda: multiprocessing.get_context("spawn").Queue(), lambda: __import__("queue").Queue()]
+)
 def test_existing_queues_are_accepted(make):
     """multiprocessing queues (and a thread queue) work as they do with QueueHandler."""
     handler = logfunnel.install_worker_logging(make())

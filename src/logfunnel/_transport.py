@@ -26,8 +26,8 @@ from . import _wire
 __all__ = [
     "ADDRESS_ENV",
     "AUTHKEY_ENV",
-    "AuthenticationError",
     "GREETING",
+    "AuthenticationError",
     "QueueHandle",
     "answer",
     "connect",
@@ -57,7 +57,9 @@ def answer(authkey: bytes, challenge: bytes) -> bytes:
 def parse_address(address: str) -> tuple[socket.AddressFamily, Any]:
     """Split ``unix:/path`` or ``tcp://host:port`` into a socket family and a socket address."""
     if not isinstance(address, str):
-        raise TypeError(f"a logfunnel address is a string such as 'unix:/path', got {type(address).__name__!r}")
+        raise TypeError(
+            f"a logfunnel address is a string such as 'unix:/path', got {type(address).__name__!r}"
+        )
     if address.startswith("unix:"):
         path = address[len("unix:") :]
         if not path:
@@ -164,7 +166,9 @@ def recv_frame(sock: socket.socket, limit: int = _HANDSHAKE_FRAME_LIMIT) -> byte
     return _recv_exact(sock, size)
 
 
-def connect(handle: QueueHandle, hello: tuple[Any, ...], timeout: float = HANDSHAKE_TIMEOUT) -> tuple[socket.socket, Any]:
+def connect(
+    handle: QueueHandle, hello: tuple[Any, ...], timeout: float = HANDSHAKE_TIMEOUT
+) -> tuple[socket.socket, Any]:
     """Open and authenticate a connection; return it (blocking, no timeout) and the listener's plan."""
     family, sockaddr = parse_address(handle.address)
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -73,7 +73,9 @@ class _WirePickler(pickle.Pickler):
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refused global {module}.{name}: logfunnel frames carry plain values only")
+        raise pickle.UnpicklingError(
+            f"refused global {module}.{name}: logfunnel frames carry plain values only"
+        )
 
 
 def encode(obj: Any) -> bytes:
@@ -138,10 +140,14 @@ def record_state(state: dict[str, Any]) -> dict[str, Any]:
 # description to every worker, and the worker renders each record's line itself: the listener then
 # only writes bytes. Formatter subclasses may do anything, so their records travel whole instead.
 
-_CONVERTERS = {"local": time.localtime, "gm": time.gmtime}
-_STYLE_CHARS = {style: char for char, (style, _) in logging._STYLES.items()}  # noqa: SLF001
+_CONVERTERS: dict[str, Any] = {"local": time.localtime, "gm": time.gmtime}
+_STYLE_CHARS: dict[Any, str] = {style: char for char, (style, _) in logging._STYLES.items()}  # noqa: SLF001
+#: What a handler without a formatter uses (the same as logging's private default).
+DEFAULT_FORMATTER = logging.Formatter()
 
-_OVERRIDABLE = frozenset({"format", "formatTime", "formatException", "formatMessage", "formatStack", "usesTime"})
+_OVERRIDABLE = frozenset(
+    {"format", "formatTime", "formatException", "formatMessage", "formatStack", "usesTime"}
+)
 
 Spec = tuple[str | None, str | None, str, dict[str, Any] | None, str, str | None, str]
 
@@ -149,7 +155,7 @@ Spec = tuple[str | None, str | None, str, dict[str, Any] | None, str, str | None
 def formatter_spec(formatter: logging.Formatter | None) -> Spec | None:
     """Describe *formatter* as plain values, or return None if a worker cannot reproduce it exactly."""
     if formatter is None:
-        formatter = logging._defaultFormatter  # noqa: SLF001
+        formatter = DEFAULT_FORMATTER
     if type(formatter) is not logging.Formatter:
         return None
     style = _STYLE_CHARS.get(type(formatter._style))  # noqa: SLF001
@@ -184,21 +190,23 @@ class Renderer(logging.Formatter):
         super().__init__(fmt, datefmt, style, validate=False, **kwargs)  # type: ignore[arg-type]
         self.default_time_format = time_format
         self.default_msec_format = msec_format
-        self.converter = _CONVERTERS[converter]  # type: ignore[assignment]
+        self.converter = _CONVERTERS[converter]
         self._uses_time = self.usesTime()
         # The common case, "%" style without defaults, is one string operation.
         self._percent = self._fmt if style == "%" and not defaults else None
         self._second = -1
         self._second_text = ""
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         created = record.created
         if created < 0:  # int() truncates toward zero: before the epoch, skip the cache
             text = time.strftime(datefmt or self.default_time_format, self.converter(created))
         else:
             second = int(created)
             if second != self._second:
-                self._second_text = time.strftime(datefmt or self.default_time_format, self.converter(created))
+                self._second_text = time.strftime(
+                    datefmt or self.default_time_format, self.converter(created)
+                )
                 self._second = second
             text = self._second_text
         if datefmt or not self.default_msec_format:

@@ -17,7 +17,9 @@ from . import __version__
 from .listener import start_listener
 from .worker import install_worker_logging
 
-DEMO_FORMAT = "%(asctime)s %(levelname)-8s [%(processName)s %(process)d] %(name)s: %(message)s (request=%(request_id)s)"
+DEMO_FORMAT = (
+    "%(asctime)s %(levelname)-8s [%(processName)s %(process)d] %(name)s: %(message)s (request=%(request_id)s)"
+)
 # A realistic mix: errors are rare. Each record at ERROR and above is on the wire before its call
 # returns (so a crash's last words arrive), which costs a round trip to the listener.
 _LEVELS = [logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL]
@@ -77,17 +79,24 @@ def demo(workers: int = 4, seconds: float = 3.0, directory: str = "logfunnel-dem
     handler = logging.handlers.RotatingFileHandler(out / "demo.log", maxBytes=8 * 1024 * 1024, backupCount=20,
                                                    encoding="utf-8")  # fmt: skip
     handler.setFormatter(logging.Formatter(DEMO_FORMAT, defaults={"request_id": "-"}))
-    print(f"logfunnel {__version__} demo: {workers} workers log for {seconds:g} s into {out}/demo.log (rotating)")
+    print(
+        f"logfunnel {__version__} demo: {workers} workers log for {seconds:g} s "
+        f"into {out}/demo.log (rotating)"
+    )
     listener = start_listener(handlers=[handler])
     started = time.monotonic()
     try:
-        with multiprocessing.Pool(workers, initializer=install_worker_logging, initargs=(listener.queue,)) as pool:
+        with multiprocessing.Pool(
+            workers, initializer=install_worker_logging, initargs=(listener.queue,)
+        ) as pool:
             pending = pool.map_async(_demo_worker, [seconds] * workers)
             while not pending.ready():
                 pending.wait(0.5)
                 elapsed = time.monotonic() - started
                 received = listener.stats()["received"]
-                _progress(f"  {elapsed:5.1f} s  {received:>11,} records delivered  ({received / elapsed:>9,.0f}/s)")
+                _progress(
+                    f"  {elapsed:5.1f} s  {received:>11,} records delivered  ({received / elapsed:>9,.0f}/s)"
+                )
             results = pending.get()
             pool.close()
             pool.join()
@@ -110,7 +119,10 @@ def demo(workers: int = 4, seconds: float = 3.0, directory: str = "logfunnel-dem
     print(f"  dropped    {stats['dropped']:>11,}")
     print(f"  lost       {stats['lost']:>11,}")
     print(f"  rate       {stats['received'] / elapsed:>11,.0f} records/s over {elapsed:.1f} s")
-    print(f"  files      {len(files)} in {out}/: " + ", ".join(f"{p.name} ({p.stat().st_size / 1e6:.1f} MB)" for p in files))
+    print(
+        f"  files      {len(files)} in {out}/: "
+        + ", ".join(f"{p.name} ({p.stat().st_size / 1e6:.1f} MB)" for p in files)
+    )
     accounted = stats["received"] + stats["dropped"] + stats["lost"] == produced
     print(f"  check      produced = delivered + dropped + lost: {'yes' if accounted else 'NO'}")
     return {"produced": produced, "accounted": accounted, **stats}
@@ -123,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser = commands.add_parser("demo", help="run a pool of workers logging into one rotating file")
     demo_parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
     demo_parser.add_argument("--seconds", type=float, default=3.0, help="how long they log (default 3)")
-    demo_parser.add_argument("--dir", default="logfunnel-demo", help="where the log goes (default ./logfunnel-demo)")
+    demo_parser.add_argument(
+        "--dir", default="logfunnel-demo", help="where the log goes (default ./logfunnel-demo)"
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         result = demo(args.workers, args.seconds, args.dir)

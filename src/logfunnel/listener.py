@@ -52,8 +52,20 @@ class _Process:
     """The accounting for one worker process (one pid, from one fork)."""
 
     __slots__ = (
-        "pid", "name", "ppid", "base", "next_seq", "received", "stamped", "dropped",
-        "gaps", "state", "first_seen", "last_seen", "warned_dropped", "warned_at",
+        "base",
+        "dropped",
+        "first_seen",
+        "gaps",
+        "last_seen",
+        "name",
+        "next_seq",
+        "pid",
+        "ppid",
+        "received",
+        "stamped",
+        "state",
+        "warned_at",
+        "warned_dropped",
     )  # fmt: skip
 
     def __init__(self, pid: int, name: str, ppid: int) -> None:
@@ -86,7 +98,7 @@ class _Process:
 
 
 class _Connection:
-    __slots__ = ("sock", "buffer", "challenge", "deadline", "process")
+    __slots__ = ("buffer", "challenge", "deadline", "process", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -124,10 +136,10 @@ class _Prerendered:
             line = columns[self.index][position]
             if line is not None:
                 return line  # type: ignore[no-any-return]
-        return (self.original or logging._defaultFormatter).format(record)  # noqa: SLF001
+        return (self.original or _wire.DEFAULT_FORMATTER).format(record)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.original or logging._defaultFormatter, name)  # noqa: SLF001
+        return getattr(self.original or _wire.DEFAULT_FORMATTER, name)
 
 
 def _failure_record(text: str) -> logging.LogRecord:
@@ -144,6 +156,8 @@ class LogListener(logging.handlers.QueueListener):
     (``logging.getLogger(record.name).handle(record)``). Records below *level* are skipped;
     ``respect_handler_level`` defaults to True here, unlike in the standard library.
     """
+
+    _sentinel = None  # what enqueue_sentinel() puts on a multiprocessing queue, as in QueueListener
 
     def __init__(
         self,
@@ -163,6 +177,7 @@ class LogListener(logging.handlers.QueueListener):
         self._server: socket.socket | None = None
         self._private_dir: str | None = None
         self._authkey = os.urandom(32)
+        self.queue: Any
         if queue is None:
             self._server, self.address, self._private_dir = create_server(address)
             self.queue = QueueHandle(self.address, self._authkey)
@@ -338,7 +353,9 @@ class LogListener(logging.handlers.QueueListener):
         except Exception as exc:
             worker._banner(f"could not report {record.getMessage()!r}: {exc!r}")  # noqa: SLF001
 
-    def _dispatch(self, levels: list[int], lines: list[list[str | None]], records: list[dict[str, Any]] | None) -> None:
+    def _dispatch(
+        self, levels: list[int], lines: list[list[str | None]], records: list[dict[str, Any]] | None
+    ) -> None:
         for handler, index in self._fast:
             threshold = max(self.level, handler.level if self.respect_handler_level else 0)
             chosen = lines[index]
@@ -353,11 +370,13 @@ class LogListener(logging.handlers.QueueListener):
         seams = self._seams_overridden()
         if not seams and not self._slow and self.handlers:
             return
+        record: logging.LogRecord
         for position, state in enumerate(records):
             if self._wrapped:
-                record = _RenderedRecord.__new__(_RenderedRecord)
-                record.__dict__ = state
-                record.rendered = (lines, position)
+                rendered = _RenderedRecord.__new__(_RenderedRecord)
+                rendered.__dict__ = state
+                rendered.rendered = (lines, position)
+                record = rendered
             else:
                 record = _new_record(state)
             if seams:
@@ -372,9 +391,12 @@ class LogListener(logging.handlers.QueueListener):
         handler.acquire()
         try:
             stream = handler.stream  # type: ignore[attr-defined]
-            if stream is None and isinstance(handler, logging.FileHandler):
-                if handler.mode != "w" or not getattr(handler, "_closed", False):
-                    stream = handler.stream = handler._open()  # noqa: SLF001
+            if (
+                stream is None
+                and isinstance(handler, logging.FileHandler)
+                and (handler.mode != "w" or not getattr(handler, "_closed", False))  # as FileHandler.emit
+            ):
+                stream = handler.stream = handler._open()  # noqa: SLF001
             if stream is None:
                 return
             try:
@@ -465,7 +487,9 @@ class LogListener(logging.handlers.QueueListener):
             if conn.process is None and now > conn.deadline:
                 self._close(conn, selector, connections, reason=f"no handshake within {HANDSHAKE_TIMEOUT} s")
 
-    def _read(self, conn: _Connection, selector: selectors.BaseSelector, connections: dict[int, _Connection]) -> None:
+    def _read(
+        self, conn: _Connection, selector: selectors.BaseSelector, connections: dict[int, _Connection]
+    ) -> None:
         try:
             data = conn.sock.recv(_READ_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -539,7 +563,10 @@ class LogListener(logging.handlers.QueueListener):
         ):
             raise ProtocolError(f"malformed hello {_wire.safe_repr(hello)[:200]}")
         pid, name, incarnation, ppid = hello
-        welcome = _wire.frame(answer(self._authkey, payload[DIGEST_SIZE : DIGEST_SIZE + CHALLENGE_SIZE]) + _wire.encode(self._plan))
+        welcome = _wire.frame(
+            answer(self._authkey, payload[DIGEST_SIZE : DIGEST_SIZE + CHALLENGE_SIZE])
+            + _wire.encode(self._plan)
+        )
         try:
             conn.sock.setblocking(True)
             conn.sock.settimeout(HANDSHAKE_TIMEOUT)
@@ -580,7 +607,10 @@ class LogListener(logging.handlers.QueueListener):
                     self._dispatch(levels, lines, records)
                 except Exception as exc:  # a failing handler must not take the listener down
                     worker._banner(f"handling a batch of {count} records failed: {exc!r}")  # noqa: SLF001
-            if process.dropped > process.warned_dropped and time.monotonic() - process.warned_at > _WARN_INTERVAL:
+            if (
+                process.dropped > process.warned_dropped
+                and time.monotonic() - process.warned_at > _WARN_INTERVAL
+            ):
                 self._report_drops(process)
         elif kind == _wire.BYE and len(message) == 3 and type(message[1]) is int and type(message[2]) is int:
             process.stamped = max(process.stamped, message[1])
@@ -617,7 +647,7 @@ class LogListener(logging.handlers.QueueListener):
 
     def _monitor(self) -> None:
         worker.listener_threads.add(threading.get_ident())
-        q = self.queue
+        q: Any = self.queue
         has_task_done = hasattr(q, "task_done")
         try:
             while True:
@@ -645,7 +675,9 @@ class LogListener(logging.handlers.QueueListener):
         process = self._queue_processes.get(pid)
         if process is None:
             with self._stats_lock:
-                process = self._queue_processes[pid] = _Process(pid, str(getattr(record, "processName", "")), 0)
+                process = self._queue_processes[pid] = _Process(
+                    pid, str(getattr(record, "processName", "")), 0
+                )
         process.received += 1
         process.last_seen = time.time()
 
@@ -668,7 +700,11 @@ def _check_batch(
         if type(records) is not list or len(records) != count:
             raise ProtocolError("malformed batch: records do not match the levels")
         for state in records:
-            if type(state) is not dict or type(state.get("levelno")) is not int or type(state.get("name")) is not str:
+            if (
+                type(state) is not dict
+                or type(state.get("levelno")) is not int
+                or type(state.get("name")) is not str
+            ):
                 raise ProtocolError("malformed batch: a record is not an attribute dict")
     return count
 
@@ -694,4 +730,3 @@ def start_listener(
         address=address,
     )
     return listener.start()
-

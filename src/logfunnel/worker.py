@@ -18,7 +18,6 @@ import multiprocessing.util
 import os
 import pickle
 import queue as queue_module
-import signal
 import sys
 import threading
 import time
@@ -253,7 +252,9 @@ class _SocketSink:
             if frames:
                 self._sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
         except OSError as exc:
-            self._hang_up(f"lost the connection to {self.handle.address} ({exc}); {len(batch)} records undelivered")
+            self._hang_up(
+                f"lost the connection to {self.handle.address} ({exc}); {len(batch)} records undelivered"
+            )
             self._undelivered += len(batch)
         with self._lock:
             self._handed += len(batch)
@@ -315,7 +316,9 @@ class _SocketSink:
             )
         record = batch[0]
         size = len(record.message)
-        record.message = record.message[: _wire.MAX_FRAME // 16] + f" [logfunnel: truncated from {size} characters]"
+        record.message = (
+            record.message[: _wire.MAX_FRAME // 16] + f" [logfunnel: truncated from {size} characters]"
+        )
         _banner(f"a log message of {size} characters exceeds the frame limit; it was truncated")
         return self._encode(batch, first, stamped, dropped)
 
@@ -481,7 +484,11 @@ class FunnelHandler(logging.handlers.QueueHandler):
 
 # -- what a worker may be given ---------------------------------------------------------------------
 
-_QUEUE_TYPES: tuple[type, ...] = (multiprocessing.queues.Queue, multiprocessing.queues.SimpleQueue, queue_module.Queue)
+_QUEUE_TYPES: tuple[type, ...] = (
+    multiprocessing.queues.Queue,
+    multiprocessing.queues.SimpleQueue,
+    queue_module.Queue,
+)
 
 
 def _queue_types() -> tuple[type, ...]:
@@ -516,7 +523,9 @@ def _resolve_queue(queue: Any) -> Any:
         parse_address(queue)
         key = os.environ.get("LOGFUNNEL_AUTHKEY")
         if not key:
-            raise ValueError(f"to join {queue!r} by address, LOGFUNNEL_AUTHKEY must hold the listener's auth key")
+            raise ValueError(
+                f"to join {queue!r} by address, LOGFUNNEL_AUTHKEY must hold the listener's auth key"
+            )
         return QueueHandle(queue, bytes.fromhex(key))
     inner = getattr(queue, "queue", None)
     if isinstance(inner, QueueHandle):  # a listener or manager given in place of its .queue
@@ -568,8 +577,7 @@ def _register_exit_hooks() -> None:
     for name in ("multiprocessing.util", "multiprocess.util", "billiard.util"):
         util = sys.modules.get(name)
         if util is not None:
-            util.Finalize(None, _close_all, exitpriority=-100)  # type: ignore[attr-defined]
-
+            util.Finalize(None, _close_all, exitpriority=-100)
 
 
 def _installed_handlers() -> list[FunnelHandler]:
