@@ -14,6 +14,17 @@ import logfunnel
 LINE = re.compile(r"^(\d+) (\S+) (\w+) w=(\S+) i=(\d+)$")
 
 
+class Collect(logging.Handler):
+    """A listener-side handler that keeps every record it is given, in .records."""
+
+    def __init__(self, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def log_records(worker_id: object, count: int, handle: object = None) -> int:
     """Log *count* numbered records as worker *worker_id*; join *handle* first if given."""
     if handle is not None:

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 import logfunnel
-from _workers import assert_exactly_once, log_forever, log_records, parse, wait_for
+from _workers import Collect, assert_exactly_once, log_forever, log_records, parse, wait_for
 
 FORK = multiprocessing.get_context("fork")
 
@@ -136,13 +136,9 @@ def _log_bad_values(handle) -> None:
 @pytest.mark.timeout(60)
 def test_unpicklable_args_extras_and_exceptions_arrive_as_repr():
     """Unpicklable values become their repr; the record and every record after it arrive."""
-    records: list[logging.LogRecord] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    with logfunnel.start_listener(handlers=[Collect()]) as listener:
+    collect = Collect()
+    records = collect.records
+    with logfunnel.start_listener(handlers=[collect]) as listener:
         process = FORK.Process(target=_log_bad_values, args=(listener.queue,))
         process.start()
         process.join(30)
@@ -242,13 +238,9 @@ def _block_in_c_after_logging(handle, count) -> None:
 @pytest.mark.timeout(60)
 def test_sigterm_taken_outside_the_main_thread_still_flushes_and_kills():
     """A worker blocked in C whose SIGTERM went astray still flushes, then dies of SIGTERM."""
-    records: list[logging.LogRecord] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    with logfunnel.start_listener(handlers=[Collect()]) as listener:
+    collect = Collect()
+    records = collect.records
+    with logfunnel.start_listener(handlers=[collect]) as listener:
         process = FORK.Process(target=_block_in_c_after_logging, args=(listener.queue, 1_000))
         process.start()
         process.join(30)
@@ -301,13 +293,9 @@ def _log_with_odd_values(handle) -> None:
 @pytest.mark.timeout(30)
 def test_odd_levels_and_deep_extras_do_not_kill_the_sender_thread():
     """An IntEnum level or a 5,000-deep extra is sent as a plain value; later records still arrive."""
-    records: list[logging.LogRecord] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    with logfunnel.start_listener(handlers=[Collect()]) as listener:
+    collect = Collect()
+    records = collect.records
+    with logfunnel.start_listener(handlers=[collect]) as listener:
         process = FORK.Process(target=_log_with_odd_values, args=(listener.queue,))
         process.start()
         process.join(20)

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import logfunnel
+from _workers import Collect
 
 NOTICE = 25
 FULL_FORMAT = (
@@ -99,13 +100,9 @@ def test_listener_output_is_byte_identical_to_in_worker_output(method, tmp_path)
 @pytest.mark.timeout(60)
 def test_exception_stays_apart_from_the_message(tmp_path):
     """exc_text arrives rendered but not folded into msg, so structured formatters keep them apart."""
-    records: list[logging.LogRecord] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    with logfunnel.start_listener(handlers=[Collect()]) as listener:
+    collect = Collect()
+    records = collect.records
+    with logfunnel.start_listener(handlers=[collect]) as listener:
         process = multiprocessing.get_context("fork").Process(target=_raise_and_log, args=(listener.queue,))
         process.start()
         process.join(30)

@@ -10,18 +10,9 @@ import os
 import pytest
 
 import logfunnel
-from _workers import log_records, wait_for
+from _workers import Collect, log_records, wait_for
 
 FORK = multiprocessing.get_context("fork")
-
-
-class Collect(logging.Handler):
-    def __init__(self, level: int = logging.NOTSET) -> None:
-        super().__init__(level)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 def _run_child(target, *args) -> None:
