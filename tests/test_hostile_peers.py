@@ -110,6 +110,7 @@ class GoodWorker:
             self.sent + 1,
             self.sent + count,
             0,
+            0,
             [r.levelno for r in batch],
             lines,
             states,
@@ -118,7 +119,7 @@ class GoodWorker:
         self.sent += count
 
     def bye(self) -> None:
-        self.sock.sendall(_wire.frame(_wire.encode((_wire.BYE, self.sent, 0))))
+        self.sock.sendall(_wire.frame(_wire.encode((_wire.BYE, self.sent, 0, 0))))
         self.sock.close()
 
     def expected(self) -> list[str]:
@@ -248,6 +249,7 @@ def _global_inside_a_batch(funnel: Funnel, marker: Path) -> socket.socket:
         1,
         1,
         0,
+        0,
         [20],
         [["line"]],
         [{"levelno": 20, "name": "x", "extra": _System(f"touch {marker}")}],
@@ -299,48 +301,48 @@ ATTACKS: dict[str, tuple[Attack, str, str]] = {
 # before it uses any. The plan has one format (the FileHandler's), so a batch carries one list of lines.
 MALFORMED: dict[str, tuple[list[bytes], str]] = {
     "list-not-tuple": (
-        [_wire.frame(_wire.encode([_wire.BATCH, 1, 1, 0, [20], [["x"]], None]))],
+        [_wire.frame(_wire.encode([_wire.BATCH, 1, 1, 0, 0, [20], [["x"]], None]))],
         r"expected a message tuple, got list",
     ),
     "empty-tuple": ([_wire.frame(_wire.encode(()))], r"expected a message tuple, got tuple"),
     "not-a-container": ([_wire.frame(_wire.encode("BATCH"))], r"expected a message tuple, got str"),
     "unknown-kind": ([_wire.frame(_wire.encode((99, "x")))], r"unknown message \(99, 'x'\)"),
-    "batch-too-short": ([_batch(1, 1, 0, [20])], r"unknown message \(1, 1, 1, 0, \[20\]\)"),
+    "batch-too-short": ([_batch(1, 1, 0, 0, [20])], r"unknown message \(1, 1, 1, 0, 0, \[20\]\)"),
     "bye-with-text": (
-        [_wire.frame(_wire.encode((_wire.BYE, "many", 0)))],
-        r"unknown message \(2, 'many', 0\)",
+        [_wire.frame(_wire.encode((_wire.BYE, "many", 0, 0)))],
+        r"unknown message \(2, 'many', 0, 0\)",
     ),
-    "sequence-zero": ([_batch(0, 1, 0, [20], [["x"]], None)], r"malformed batch header"),
-    "sequence-text": ([_batch("1", 1, 0, [20], [["x"]], None)], r"malformed batch header"),
-    "sequence-bool": ([_batch(True, 1, 0, [20], [["x"]], None)], r"malformed batch header"),
+    "sequence-zero": ([_batch(0, 1, 0, 0, [20], [["x"]], None)], r"malformed batch header"),
+    "sequence-text": ([_batch("1", 1, 0, 0, [20], [["x"]], None)], r"malformed batch header"),
+    "sequence-bool": ([_batch(True, 1, 0, 0, [20], [["x"]], None)], r"malformed batch header"),
     "levels-tuple": (
-        [_batch(1, 1, 0, (20,), [["x"]], None)],
+        [_batch(1, 1, 0, 0, (20,), [["x"]], None)],
         r"malformed batch: levels must be a list of int",
     ),
     "level-text": (
-        [_batch(1, 1, 0, ["INFO"], [["x"]], None)],
+        [_batch(1, 1, 0, 0, ["INFO"], [["x"]], None)],
         r"malformed batch: levels must be a list of int",
     ),
-    "no-lines": ([_batch(1, 1, 0, [20], [], None)], r"malformed batch: expected 1 lists of lines"),
-    "lines-not-list": ([_batch(1, 1, 0, [20], "x", None)], r"malformed batch: expected 1 lists of lines"),
+    "no-lines": ([_batch(1, 1, 0, 0, [20], [], None)], r"malformed batch: expected 1 lists of lines"),
+    "lines-not-list": ([_batch(1, 1, 0, 0, [20], "x", None)], r"malformed batch: expected 1 lists of lines"),
     "too-few-lines": (
-        [_batch(1, 2, 0, [20, 20], [["x"]], None)],
+        [_batch(1, 2, 0, 0, [20, 20], [["x"]], None)],
         r"malformed batch: a list of lines does not match the levels",
     ),
     "records-too-short": (
-        [_batch(1, 1, 0, [20], [["x"]], [])],
+        [_batch(1, 1, 0, 0, [20], [["x"]], [])],
         r"malformed batch: records do not match the levels",
     ),
     "record-not-dict": (
-        [_batch(1, 1, 0, [20], [["x"]], ["x"])],
+        [_batch(1, 1, 0, 0, [20], [["x"]], ["x"])],
         r"malformed batch: a record is not an attribute dict",
     ),
     "record-level-text": (
-        [_batch(1, 1, 0, [20], [["x"]], [{"levelno": "20", "name": "x"}])],
+        [_batch(1, 1, 0, 0, [20], [["x"]], [{"levelno": "20", "name": "x"}])],
         r"malformed batch: a record is not an attribute dict",
     ),
     "sequence-went-back": (
-        [_batch(5, 4, 0, [], [[]], None), _batch(2, 4, 0, [], [[]], None)],
+        [_batch(5, 4, 0, 0, [], [[]], None), _batch(2, 4, 0, 0, [], [[]], None)],
         r"sequence number 2 went back \(expected 5\)",
     ),
 }

@@ -7,14 +7,17 @@ every global, so bytes from a socket can never name a class or a function to run
 
 Messages from a worker after the handshake::
 
-    (BATCH, first_seq, stamped, dropped, levels, lines, records)
-    (BYE, stamped, dropped)
+    (BATCH, first_seq, stamped, dropped, lost, levels, lines, records)
+    (BYE, stamped, dropped, lost)
 
 ``first_seq`` is the per-process sequence number of the batch's first record (the rest follow without
-gaps), ``stamped`` how many records the process has accepted into its buffer so far and ``dropped``
-how many it refused (buffer full); the listener derives loss from these. ``levels`` holds each
-record's level, ``lines`` one list of pre-rendered lines per formatter in the listener's plan, and
-``records`` the records' attribute dicts when the listener asked for whole records, else None.
+gaps), ``stamped`` how many records the process has accepted into its buffer so far, ``dropped`` how
+many it refused (buffer full) and ``lost`` how many it knows never reached a listener (sent on a
+connection that died before the listener acknowledged them). ``levels`` holds each record's level,
+``lines`` one list of pre-rendered lines per formatter in the listener's plan, and ``records`` the
+records' attribute dicts when the listener asked for whole records, else None.
+
+The listener answers ``(ACK, seq)`` once it has handled every record up to ``seq``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import time
 from typing import Any
 
 __all__ = [
+    "ACK",
     "BATCH",
     "BYE",
     "HEADER",
@@ -44,6 +48,7 @@ __all__ = [
 
 BATCH = 1
 BYE = 2
+ACK = 3
 
 HEADER = struct.Struct("!I")
 #: The largest frame a listener accepts; a worker splits batches (and in the end truncates a single

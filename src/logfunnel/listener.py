@@ -52,36 +52,29 @@ class _Process:
     """The accounting for one worker process (one pid, from one fork)."""
 
     __slots__ = (
-        "base",
-        "dropped",
-        "first_seen",
-        "gaps",
-        "last_seen",
-        "name",
-        "next_seq",
-        "pid",
-        "ppid",
-        "received",
-        "stamped",
-        "state",
-        "warned_at",
-        "warned_dropped",
+        "acked", "base", "dropped", "first_seen", "last_seen", "lost_at_base", "name", "next_seq", "pid",
+        "ppid", "received", "reported_lost", "stamped", "state", "warned_at", "warned_dropped",
     )  # fmt: skip
 
     def __init__(self, pid: int, name: str, ppid: int) -> None:
         self.pid, self.name, self.ppid = pid, name, ppid
-        self.base = 0  # sequence numbers up to base were never meant for this listener
+        self.base = 0  # sequence numbers up to base went to an earlier listener (or connection)
         self.next_seq: int | None = None
-        self.received = self.stamped = self.dropped = self.gaps = self.warned_dropped = 0
+        self.acked = 0
+        self.received = self.stamped = self.dropped = self.warned_dropped = 0
+        self.reported_lost = self.lost_at_base = 0
         self.state = "connected"
         self.first_seen = self.last_seen = time.time()
         self.warned_at = 0.0
 
     @property
     def lost(self) -> int:
-        if self.state == "connected":
-            return self.gaps
-        return max(self.gaps, self.stamped - self.base - self.received)
+        # The worker knows what it sent that no listener acknowledged, and says so. What it never
+        # got to say (it vanished) is what it had accepted past our base and we never received.
+        if self.state != "vanished":
+            return self.reported_lost
+        unheard = self.stamped - self.base - self.received - (self.reported_lost - self.lost_at_base)
+        return self.reported_lost + max(0, unheard)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -98,7 +91,7 @@ class _Process:
 
 
 class _Connection:
-    __slots__ = ("buffer", "challenge", "deadline", "process", "sock")
+    __slots__ = ("buffer", "challenge", "deadline", "process", "sock", "unsent")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -106,6 +99,7 @@ class _Connection:
         self.challenge = os.urandom(CHALLENGE_SIZE)
         self.deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         self.process: _Process | None = None
+        self.unsent = b""  # the tail of an acknowledgement the worker had no room for yet
 
 
 def _new_record(state: dict[str, Any]) -> logging.LogRecord:
@@ -522,6 +516,26 @@ class LogListener(logging.handlers.QueueListener):
             return
         if offset:
             del buffer[:offset]
+        process = conn.process
+        if process is not None and process.next_seq is not None and process.next_seq - 1 > process.acked:
+            self._acknowledge(conn, process)
+
+    @staticmethod
+    def _acknowledge(conn: _Connection, process: _Process) -> None:
+        # Everything up to next_seq - 1 is handled. Never wait for a worker to read: while its buffer
+        # is full, the rest of a partly sent acknowledgement waits, and newer ones (they are
+        # cumulative) are skipped until it has gone.
+        try:
+            if conn.unsent:
+                conn.unsent = conn.unsent[conn.sock.send(conn.unsent) :]
+                if conn.unsent:
+                    return
+            seq = (process.next_seq or 1) - 1
+            data = _wire.frame(_wire.encode((_wire.ACK, seq)))
+            conn.unsent = data[conn.sock.send(data) :]
+            process.acked = seq
+        except OSError:
+            pass
 
     def _close(
         self,
@@ -588,19 +602,21 @@ class LogListener(logging.handlers.QueueListener):
         if type(message) is not tuple or not message:
             raise ProtocolError(f"expected a message tuple, got {type(message).__name__}")
         kind = message[0]
-        if kind == _wire.BATCH and len(message) == 7:
-            _, first, stamped, dropped, levels, lines, records = message
-            count = _check_batch(first, stamped, dropped, levels, lines, records, len(self._plan["formats"]))
+        if kind == _wire.BATCH and len(message) == 8:
+            _, first, stamped, dropped, lost, levels, lines, records = message
+            formats = len(self._plan["formats"])
+            count = _check_batch(first, stamped, dropped, lost, levels, lines, records, formats)
             if process.next_seq is None:
                 process.base = first - 1
-            elif first > process.next_seq:
-                process.gaps += first - process.next_seq
+                process.lost_at_base = lost
             elif first < process.next_seq:
                 raise ProtocolError(f"sequence number {first} went back (expected {process.next_seq})")
+            # A jump forward skips a batch sent on a connection that broke; the worker reports it lost.
             process.next_seq = first + count
             process.received += count
             process.stamped = max(process.stamped, stamped)
             process.dropped = max(process.dropped, dropped)
+            process.reported_lost = max(process.reported_lost, lost)
             process.last_seen = time.time()
             if count:
                 try:
@@ -612,9 +628,10 @@ class LogListener(logging.handlers.QueueListener):
                 and time.monotonic() - process.warned_at > _WARN_INTERVAL
             ):
                 self._report_drops(process)
-        elif kind == _wire.BYE and len(message) == 3 and type(message[1]) is int and type(message[2]) is int:
+        elif kind == _wire.BYE and len(message) == 4 and all(type(n) is int for n in message[1:]):
             process.stamped = max(process.stamped, message[1])
             process.dropped = max(process.dropped, message[2])
+            process.reported_lost = max(process.reported_lost, message[3])
             process.state = "exited"
             process.last_seen = time.time()
             self._report_end(process)
@@ -683,10 +700,10 @@ class LogListener(logging.handlers.QueueListener):
 
 
 def _check_batch(
-    first: Any, stamped: Any, dropped: Any, levels: Any, lines: Any, records: Any, formats: int
+    first: Any, stamped: Any, dropped: Any, lost: Any, levels: Any, lines: Any, records: Any, formats: int
 ) -> int:
     """Check a batch's shape before anything in it is used; return its record count."""
-    if not (type(first) is int and first >= 1 and type(stamped) is int and type(dropped) is int):
+    if not (type(first) is int and first >= 1 and all(type(n) is int for n in (stamped, dropped, lost))):
         raise ProtocolError("malformed batch header")
     if type(levels) is not list or not all(type(level) is int for level in levels):
         raise ProtocolError("malformed batch: levels must be a list of int")

@@ -18,6 +18,7 @@ import multiprocessing.util
 import os
 import pickle
 import queue as queue_module
+import socket
 import sys
 import threading
 import time
@@ -79,7 +80,10 @@ class _SocketSink:
         self._taken = 0  # records the sender has taken; the last one's sequence number
         self._handed = 0  # records the sender has finished with (shipped, or failed to)
         self._dropped = 0  # records refused because the buffer was full
-        self._undelivered = 0  # records whose batch could not be sent
+        self._lost = 0  # records known never to have reached a listener
+        self._sent = 0  # the last sequence number handed to the current connection
+        self._acked = 0  # the last one the current connection's listener has handled
+        self._acks = bytearray()
         self._sender: threading.Thread | None = None
         self._idle = False
         self._stalled = False  # a wait for room timed out, and no room has been made since
@@ -223,7 +227,7 @@ class _SocketSink:
     def _give_up(self) -> None:
         pending = len(self._buffer)
         self._buffer.clear()
-        self._undelivered += pending
+        self._lost += pending
         self._taken += pending
         self._handed += pending
         self._sender = None
@@ -245,20 +249,49 @@ class _SocketSink:
         try:
             frames = self._encode(batch, first, stamped, dropped)
         except Exception as exc:  # the sender thread must survive anything a record holds
-            _banner(f"{len(batch)} log records could not be encoded and were lost: {exc!r}")
-            frames = []
-            self._undelivered += len(batch)
+            _banner(f"{len(batch)} log records could not be encoded; sending placeholders: {exc!r}")
+            frames = self._encode([_placeholder(r, exc) for r in batch], first, stamped, dropped)
+        self._read_acks()
+        self._sent = first + len(batch) - 1
         try:
-            if frames:
-                self._sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
+            self._sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
         except OSError as exc:
-            self._hang_up(
-                f"lost the connection to {self.handle.address} ({exc}); {len(batch)} records undelivered"
-            )
-            self._undelivered += len(batch)
+            self._hang_up(f"lost the connection to {self.handle.address} ({exc})")
         with self._lock:
             self._handed += len(batch)
             self._progress.notify_all()
+
+    def _read_acks(self) -> None:
+        """Take in the listener's acknowledgements without waiting (the listener never waits either)."""
+        sock = self._sock
+        if sock is None:
+            return
+        while True:
+            try:
+                data = sock.recv(65536, socket.MSG_DONTWAIT)
+            except OSError:  # nothing to read yet, or a broken connection that the next send reports
+                break
+            if not data:
+                break
+            self._acks += data
+        acks, offset = self._acks, 0
+        while len(acks) - offset >= _wire.HEADER.size:
+            (size,) = _wire.HEADER.unpack_from(acks, offset)
+            end = offset + _wire.HEADER.size + size
+            if size > 4096:  # not an acknowledgement: ignore the rest rather than trust it
+                acks.clear()
+                return
+            if len(acks) < end:
+                break
+            try:
+                message = _wire.decode(bytes(acks[offset + _wire.HEADER.size : end]))
+            except _wire.FrameError:
+                message = None
+            offset = end
+            if type(message) is tuple and len(message) == 2 and message[0] == _wire.ACK:
+                if type(message[1]) is int:
+                    self._acked = max(self._acked, message[1])
+        del acks[:offset]
 
     def _connect(self) -> bool:
         hello = (os.getpid(), multiprocessing.current_process().name, self._incarnation, os.getppid())
@@ -273,10 +306,17 @@ class _SocketSink:
             return False
         self._told_unreachable = False
         self._sock = sock
+        self._acks = bytearray()
+        self._sent = self._acked = self._taken  # earlier records belong to earlier connections
         return True
 
     def _hang_up(self, why: str) -> None:
-        _banner(why)
+        # What this connection was given and its listener never acknowledged is lost; say how much
+        # to whichever listener comes next.
+        self._read_acks()
+        unacknowledged = max(0, self._sent - self._acked)
+        self._lost += unacknowledged
+        _banner(f"{why}; {unacknowledged} records sent but never acknowledged")
         if self._sock is not None:
             try:
                 self._sock.close()
@@ -288,7 +328,8 @@ class _SocketSink:
         if self._sock is None:
             return
         try:
-            self._sock.sendall(_wire.frame(_wire.encode((_wire.BYE, self._stamped, self._dropped))))
+            goodbye = (_wire.BYE, self._stamped, self._dropped, self._lost)
+            self._sock.sendall(_wire.frame(_wire.encode(goodbye)))
             self._sock.close()
         except OSError:
             pass
@@ -298,7 +339,7 @@ class _SocketSink:
         lines = [self._render(renderer, batch) for renderer in self._renderers]
         records = [_state(record) for record in batch] if self._full else None
         levels = [record.levelno for record in batch]
-        message = (_wire.BATCH, first, stamped, dropped, levels, lines, records)
+        message = (_wire.BATCH, first, stamped, dropped, self._lost, levels, lines, records)
         try:
             payload = _wire.encode(message)
         except Exception:  # a value that is not plain (or nested too deep): send its repr instead
@@ -336,6 +377,16 @@ class _SocketSink:
                     if handler is not None:
                         handler.handleError(record)
             return lines
+
+
+def _placeholder(record: logging.LogRecord, exc: Exception) -> logging.LogRecord:
+    """A plain stand-in for a record that could not be encoded, so that it is still accounted for."""
+    level = _level(record.levelno)
+    text = f"[logfunnel: a {logging.getLevelName(level)} record could not be encoded: {exc!r}]"
+    stand_in = logging.makeLogRecord({"name": str(record.name), "levelno": level, "msg": text})
+    stand_in.levelname = logging.getLevelName(level)
+    stand_in.message = text
+    return stand_in
 
 
 def _level(level: object) -> int:
