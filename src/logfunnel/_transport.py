@@ -14,10 +14,12 @@ worker which lines to render and whether whole records are wanted (see ``_wire``
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import os
 import socket
+import stat
 import tempfile
 from typing import Any
 
@@ -130,6 +132,8 @@ def create_server(address: str | None) -> tuple[socket.socket, str, str | None]:
         private_dir = tempfile.mkdtemp(prefix="logfunnel-")  # mode 0700
         address = f"unix:{os.path.join(private_dir, 'listener.sock')}"
     family, sockaddr = parse_address(address)
+    if family == socket.AF_UNIX:
+        _remove_stale_socket(sockaddr)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         if family == socket.AF_UNIX:
@@ -146,6 +150,30 @@ def create_server(address: str | None) -> tuple[socket.socket, str, str | None]:
         sock.close()
         raise
     return sock, format_address(family, sock.getsockname()), private_dir
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a listener that died (a restart reuses its address); refuse to
+    take over one that still answers."""
+    if not os.path.exists(path):
+        return
+    if not stat.S_ISSOCK(os.stat(path).st_mode):
+        raise FileExistsError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return
+    except OSError:
+        return  # let bind() report it
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, f"a listener is already running at unix:{path}")
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:

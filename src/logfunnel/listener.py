@@ -11,6 +11,7 @@ Given a ``multiprocessing`` queue instead, a ``LogListener`` reads it like ``Que
 
 from __future__ import annotations
 
+import fcntl
 import hmac
 import logging
 import logging.handlers
@@ -18,6 +19,8 @@ import os
 import selectors
 import shutil
 import socket
+import struct
+import termios
 import threading
 import time
 from collections.abc import Iterable
@@ -161,6 +164,7 @@ class LogListener(logging.handlers.QueueListener):
         level: int | str = logging.NOTSET,
         address: str | None = None,
         max_frame: int = _wire.MAX_FRAME,
+        authkey: bytes | None = None,
     ) -> None:
         if isinstance(queue, str):
             queue, address = None, queue
@@ -170,7 +174,7 @@ class LogListener(logging.handlers.QueueListener):
         self.address: str | None = None
         self._server: socket.socket | None = None
         self._private_dir: str | None = None
-        self._authkey = os.urandom(32)
+        self._authkey = authkey or os.urandom(32)
         self.queue: Any
         if queue is None:
             self._server, self.address, self._private_dir = create_server(address)
@@ -446,14 +450,28 @@ class LogListener(logging.handlers.QueueListener):
             pass
 
     def _drain(self, selector: selectors.BaseSelector, connections: dict[int, _Connection]) -> None:
-        # Read whatever the kernel already holds for us, until a whole pass finds nothing new.
-        while connections:
-            ready = selector.select(timeout=0)
-            conns = [key.data for key, _ in ready if isinstance(key.data, _Connection)]
-            if not conns:
-                return
-            for conn in conns:
-                self._read(conn, selector, connections)
+        # Handle what was handed over before stop(): the bytes each connection holds right now.
+        # Workers that are still logging keep writing; what they write from now on is not ours.
+        for conn in list(connections.values()):
+            try:
+                raw = fcntl.ioctl(conn.sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+            except OSError:
+                continue
+            pending = struct.unpack("i", raw)[0]
+            while pending > 0 and conn.sock.fileno() in connections:
+                consumed = self._read(conn, selector, connections, limit=pending)
+                if not consumed:
+                    break
+                pending -= consumed
+            if conn.sock.fileno() in connections and self._at_eof(conn):
+                self._close(conn, selector, connections, reason=None)
+
+    @staticmethod
+    def _at_eof(conn: _Connection) -> bool:
+        try:
+            return conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except OSError:
+            return False
 
     def _accept(self, selector: selectors.BaseSelector, connections: dict[int, _Connection]) -> None:
         assert self._server is not None
@@ -482,17 +500,22 @@ class LogListener(logging.handlers.QueueListener):
                 self._close(conn, selector, connections, reason=f"no handshake within {HANDSHAKE_TIMEOUT} s")
 
     def _read(
-        self, conn: _Connection, selector: selectors.BaseSelector, connections: dict[int, _Connection]
-    ) -> None:
+        self,
+        conn: _Connection,
+        selector: selectors.BaseSelector,
+        connections: dict[int, _Connection],
+        limit: int = _READ_SIZE,
+    ) -> int:
+        """Read once from *conn* (at most *limit* bytes), handle every whole frame; return bytes read."""
         try:
-            data = conn.sock.recv(_READ_SIZE)
+            data = conn.sock.recv(min(limit, _READ_SIZE))
         except (BlockingIOError, InterruptedError):
-            return
+            return 0
         except OSError:
             data = b""
         if not data:
             self._close(conn, selector, connections, reason=None)
-            return
+            return 0
         buffer = conn.buffer
         buffer += data
         offset = 0
@@ -513,12 +536,13 @@ class LogListener(logging.handlers.QueueListener):
                     self._on_message(conn.process, payload)
         except (ProtocolError, _wire.FrameError) as exc:
             self._close(conn, selector, connections, reason=str(exc))
-            return
+            return len(data)
         if offset:
             del buffer[:offset]
         process = conn.process
         if process is not None and process.next_seq is not None and process.next_seq - 1 > process.acked:
             self._acknowledge(conn, process)
+        return len(data)
 
     @staticmethod
     def _acknowledge(conn: _Connection, process: _Process) -> None:

@@ -87,6 +87,7 @@ class _SocketSink:
         self._sender: threading.Thread | None = None
         self._idle = False
         self._stalled = False  # a wait for room timed out, and no room has been made since
+        self._unreachable = False  # the last attempt to connect failed
         self._closing = False
         self._sock: Any = None
         self._renderers: list[_wire.Renderer] = []
@@ -123,8 +124,8 @@ class _SocketSink:
                     self._start_sender()
                 elif self._idle:
                     self._work.notify()
-        if wait:
-            self.flush(self._block_timeout)
+        if wait and not self._stalled and not self._unreachable:
+            self.flush(self._block_timeout)  # with no listener to reach, waiting cannot help
 
     @property
     def _stamped(self) -> int:
@@ -288,9 +289,13 @@ class _SocketSink:
             except _wire.FrameError:
                 message = None
             offset = end
-            if type(message) is tuple and len(message) == 2 and message[0] == _wire.ACK:
-                if type(message[1]) is int:
-                    self._acked = max(self._acked, message[1])
+            if (
+                type(message) is tuple
+                and len(message) == 2
+                and message[0] == _wire.ACK
+                and type(message[1]) is int
+            ):
+                self._acked = max(self._acked, message[1])
         del acks[:offset]
 
     def _connect(self) -> bool:
@@ -300,11 +305,11 @@ class _SocketSink:
             self._renderers = [_wire.Renderer(spec) for spec in plan["formats"]]
             self._full = bool(plan["full"])
         except Exception as exc:
-            if not getattr(self, "_told_unreachable", False):
+            if not self._unreachable:
                 _banner(f"cannot reach the log listener at {self.handle.address}: {exc}")
-                self._told_unreachable = True
+                self._unreachable = True
             return False
-        self._told_unreachable = False
+        self._unreachable = False
         self._sock = sock
         self._acks = bytearray()
         self._sent = self._acked = self._taken  # earlier records belong to earlier connections
