@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from ._transport import QueueHandle
 from .listener import LogListener, start_listener
+from .manager import LogManager
 from .worker import FunnelHandler, flush_worker_logging, install_worker_logging, uninstall_worker_logging
 
 __all__ = [
     "FunnelHandler",
     "LogListener",
+    "LogManager",
     "QueueHandle",
     "__version__",
     "flush_worker_logging",

@@ -183,6 +183,7 @@ class LogListener(logging.handlers.QueueListener):
         self._stopping = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._processes: dict[tuple[int, bytes], _Process] = {}
+        self._connections: dict[int, _Connection] = {}
         self._queue_processes: dict[int, _Process] = {}
         self._stats_lock = threading.Lock()
         self._rejected = 0
@@ -283,6 +284,10 @@ class LogListener(logging.handlers.QueueListener):
             "rejected": self._rejected,
             "processes": processes,
         }
+
+    def backlog_bytes(self) -> int:
+        """Bytes received but not yet handled (parts of frames still arriving)."""
+        return sum(len(conn.buffer) for conn in list(self._connections.values()))
 
     # -- dispatch ----------------------------------------------------------------------------------
 
@@ -417,6 +422,7 @@ class LogListener(logging.handlers.QueueListener):
         worker.listener_threads.add(threading.get_ident())
         selector = selectors.DefaultSelector()
         connections: dict[int, _Connection] = {}
+        self._connections = connections
         assert self._server is not None
         self._server.setblocking(False)
         self._wake_r.setblocking(False)

@@ -1,0 +1,335 @@
+"""``LogManager``: the listener in a process of its own.
+
+The parent of a real application is busy (a web master, a celery main process, a training loop). A
+manager process keeps the listener off its GIL, outlives nothing it should not (it drains and exits
+within two seconds of its parent's death, even by SIGKILL), and can be started again on the same
+address, where the workers find it and deliver what their buffers still hold.
+
+Handlers cross to the manager with their attributes (lambdas and closures included, through ``dill``)
+but not their locks or open streams: each gets a fresh lock, and files are reopened in the manager.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import logging.config
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import dill
+import multiprocess
+import psutil
+
+from . import worker
+from ._transport import ADDRESS_ENV, AUTHKEY_ENV, QueueHandle
+from .listener import LogListener
+
+__all__ = ["LogManager"]
+
+_POLL = 0.2  # how often the manager looks at its parent and its control pipe
+_READY_TIMEOUT = 60.0
+_STD_STREAMS = {"<stdout>": "stdout", "<stderr>": "stderr"}
+
+
+# -- handlers across a process boundary ------------------------------------------------------------
+
+
+def _rebuild_handler(cls: type[logging.Handler], state: dict[str, Any], std: str | None) -> logging.Handler:
+    handler = cls.__new__(cls)
+    handler.__dict__.update(state)
+    handler.createLock()
+    if std is not None:
+        handler.stream = getattr(sys, std)  # type: ignore[attr-defined]
+    logging._addHandlerRef(handler)  # type: ignore[attr-defined]  # noqa: SLF001  (flushed at shutdown)
+    return handler
+
+
+class _HandlerPickler(dill.Pickler):  # type: ignore[misc]
+    """dill, except that a handler travels without its lock and its open stream."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if not isinstance(obj, logging.Handler):
+            return NotImplemented
+        state = dict(obj.__dict__)
+        state.pop("lock", None)
+        std = None
+        stream = state.get("stream")
+        if isinstance(obj, logging.FileHandler):
+            state["stream"] = None  # reopened in the manager, on the first record
+            if stream is not None and obj.mode == "w":
+                state["mode"] = "a"  # the parent already truncated it; do not lose what is there
+        elif stream is not None:
+            std = next(
+                (name for key, name in _STD_STREAMS.items() if getattr(stream, "name", None) == key), None
+            )
+            if std is not None:
+                state["stream"] = None
+        if "sock" in state:
+            state["sock"] = None  # SocketHandler and friends reconnect on their own
+        return _rebuild_handler, (type(obj), state, std)
+
+
+def _dump_handlers(handlers: list[logging.Handler]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    _HandlerPickler(buffer, recurse=True).dump(handlers)
+    return buffer.getvalue()
+
+
+# -- the manager process ---------------------------------------------------------------------------
+
+
+class _Health:
+    """The manager's own figures, for stats(): pid, memory, CPU, recent records per second."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.process.cpu_percent(None)  # the first reading is meaningless; start the clock
+        self.samples: list[tuple[float, int]] = []
+
+    def __call__(self, listener: LogListener) -> dict[str, Any]:
+        stats = listener.stats()
+        now = time.monotonic()
+        self.samples = [s for s in self.samples if now - s[0] <= 5.0] + [(now, stats["received"])]
+        first_time, first_count = self.samples[0]
+        rate = (stats["received"] - first_count) / (now - first_time) if now > first_time else 0.0
+        with self.process.oneshot():
+            stats["manager"] = {
+                "pid": self.process.pid,
+                "rss": self.process.memory_info().rss,
+                "cpu_percent": self.process.cpu_percent(None),
+                "records_per_second": rate,
+                "backlog_bytes": listener.backlog_bytes(),
+                # Handlers run in the listener's thread, one batch at a time: none keeps a queue.
+                "handlers": [{"handler": repr(h), "backlog": 0} for h in listener.handlers],
+            }
+        return stats
+
+
+def _serve(
+    conn: Any,
+    payload: bytes,
+    config: dict[str, Any] | None,
+    options: dict[str, Any],
+    parent_pid: int,
+) -> None:
+    """The manager process: run a listener until told to stop, or until the parent is gone."""
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
+    try:
+        parent = psutil.Process(parent_pid)
+        handlers = dill.loads(payload)
+        if config is not None:
+            logging.config.dictConfig(config)
+        listener = LogListener(None, *handlers, **options)
+        listener.start()
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ready", listener.address, os.getpid()))
+    health = _Health()
+    # Under fork and spawn the parent is our parent; under forkserver it is not, so ask psutil.
+    direct_child = os.getppid() == parent_pid
+    while not stopping.is_set():
+        try:
+            if conn.poll(_POLL):
+                request = conn.recv()
+                if request == "stats":
+                    conn.send(("stats", health(listener)))
+                elif request == "stop":
+                    break
+        except (EOFError, OSError):
+            break  # the parent closed its end: it is gone, or it gave up on us
+        if (direct_child and os.getppid() != parent_pid) or not _alive(parent):
+            worker._banner(f"the parent {parent_pid} is gone; draining and exiting")  # noqa: SLF001
+            break
+    listener.stop()
+    final = health(listener)
+    for handler in listener.handlers:
+        try:
+            handler.flush()
+            handler.close()
+        except Exception:
+            pass
+    logging.shutdown()
+    try:
+        conn.send(("stopped", final))
+    except OSError:
+        pass
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+# -- the parent's side -----------------------------------------------------------------------------
+
+_managers: weakref.WeakSet[LogManager] = weakref.WeakSet()
+
+
+class LogManager:
+    """A ``LogListener`` in a process of its own, started through ``multiprocess``.
+
+    Give it *handlers* (they cross to the manager process with their lambdas and closures, even
+    under spawn and forkserver) or a ``logging.config.dictConfig`` *config* to build there; with
+    neither, records go through the manager process's own logging configuration. Give workers
+    ``manager.queue``. Start it again with the same *address* and *authkey* after it died, and the
+    workers reconnect and deliver what they still hold.
+    """
+
+    def __init__(
+        self,
+        handlers: Iterable[logging.Handler] | None = None,
+        *,
+        config: dict[str, Any] | None = None,
+        level: int | str = logging.NOTSET,
+        respect_handler_level: bool = True,
+        address: str | None = None,
+        authkey: bytes | None = None,
+        start_method: str | None = None,
+    ) -> None:
+        if handlers is not None and config is not None:
+            raise TypeError("LogManager() takes handlers or a config, not both")
+        self.handlers = list(handlers or ())
+        self.config = config
+        self.authkey = authkey or os.urandom(32)
+        self.address = address
+        self.start_method = start_method
+        self._options = {"level": level, "respect_handler_level": respect_handler_level}
+        self._process: Any = None
+        self._conn: Any = None
+        self._owner = os.getpid()
+        self._lock = threading.Lock()
+        self._final: dict[str, Any] | None = None
+        self._saved_env: tuple[str | None, str | None] | None = None
+        self.pid: int | None = None
+
+    @property
+    def queue(self) -> QueueHandle:
+        """The picklable handle to give workers (known once the manager has started)."""
+        if self.address is None or self.pid is None:
+            raise RuntimeError("start the LogManager before asking for its queue")
+        return QueueHandle(self.address, self.authkey)
+
+    def start(self, timeout: float = _READY_TIMEOUT) -> LogManager:
+        """Start the manager process and wait until it listens."""
+        if self._process is not None:
+            raise RuntimeError("this LogManager was already started")
+        ctx = multiprocess.get_context(self.start_method)
+        self._conn, child_end = ctx.Pipe()
+        options = dict(self._options, address=self.address, authkey=self.authkey)
+        self._process = ctx.Process(
+            target=_serve,
+            args=(child_end, _dump_handlers(self.handlers), self.config, options, os.getpid()),
+            name="logfunnel-manager",
+            daemon=True,
+        )
+        self._process.start()
+        child_end.close()
+        if not self._conn.poll(timeout):
+            self._process.kill()
+            raise RuntimeError(f"the log manager did not start within {timeout} s")
+        reply = self._conn.recv()
+        if reply[0] != "ready":
+            self._process.join(5)
+            raise RuntimeError(f"the log manager failed to start:\n{reply[1]}")
+        _, self.address, self.pid = reply
+        self._saved_env = (os.environ.get(ADDRESS_ENV), os.environ.get(AUTHKEY_ENV))
+        os.environ[ADDRESS_ENV] = self.address or ""
+        os.environ[AUTHKEY_ENV] = self.authkey.hex()
+        _managers.add(self)
+        return self
+
+    def stats(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The listener's figures, fetched from the manager, with its own health under ``manager``."""
+        if self._final is not None:
+            return self._final
+        if self._conn is None:
+            raise RuntimeError("the LogManager is not running")
+        with self._lock:
+            self._conn.send("stats")
+            if not self._conn.poll(timeout):
+                raise TimeoutError(f"the log manager (pid {self.pid}) did not answer within {timeout} s")
+            _, stats = self._conn.recv()
+        return stats  # type: ignore[no-any-return]
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Have the manager handle everything already sent, close its handlers and exit."""
+        if self._process is None or self._conn is None or os.getpid() != self._owner:
+            return
+        with self._lock:
+            try:
+                self._conn.send("stop")
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while True:  # skip a stats reply still in the pipe
+                    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    if not self._conn.poll(remaining):
+                        break
+                    kind, value = self._conn.recv()
+                    if kind == "stopped":
+                        self._final = value
+                        break
+            except (EOFError, OSError):
+                pass  # it is already gone
+            self._process.join(timeout if timeout is not None else 30)
+            if self._process.is_alive():
+                worker._banner(f"the log manager (pid {self.pid}) did not exit; killing it")  # noqa: SLF001
+                self._process.kill()
+                self._process.join(5)
+            self._conn.close()
+            self._conn = None
+        self._restore_env()
+
+    def _restore_env(self) -> None:
+        if self._saved_env is not None and os.environ.get(ADDRESS_ENV) == self.address:
+            for name, value in zip((ADDRESS_ENV, AUTHKEY_ENV), self._saved_env):
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        self._saved_env = None
+
+    def __enter__(self) -> LogManager:
+        if self._process is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _forget_after_fork(self) -> None:
+        # A forked child must not hold the parent's end of the pipe (the manager would not see the
+        # parent's death) and must never stop the parent's manager at its own exit.
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError:
+                pass
+        self._conn = None
+
+
+def _after_fork_in_child() -> None:
+    for manager in list(_managers):
+        manager._forget_after_fork()  # noqa: SLF001
+
+
+def _stop_all() -> None:
+    for manager in list(_managers):
+        manager.stop(timeout=10)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_stop_all)

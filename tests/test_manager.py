@@ -1,0 +1,314 @@
+"""LogManager: the listener in its own process, through the failures of the field."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import logging.handlers
+import multiprocessing
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+
+import psutil
+import pytest
+
+import logfunnel
+from _workers import assert_exactly_once, log_records, wait_for
+
+METHODS = ["fork", "spawn", "forkserver"]
+LINE_FORMAT = "%(process)d %(processName)s %(levelname)s %(message)s"
+
+
+def _file_handler(path, mode="a"):
+    handler = logging.FileHandler(path, mode=mode, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LINE_FORMAT))
+    return handler
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", METHODS)
+def test_pool_through_a_manager_delivers_every_record_once(method, tmp_path):
+    """multiprocessing.Pool under each start method, the manager started the same way: exactly once."""
+    path = tmp_path / "pool.log"
+    with logfunnel.LogManager([_file_handler(path)], start_method=method) as manager:
+        ctx = multiprocessing.get_context(method)
+        with ctx.Pool(4, initializer=logfunnel.install_worker_logging, initargs=(manager.queue,)) as pool:
+            pool.starmap(log_records, [(w, 10_000) for w in range(4)])
+            pool.close()
+            pool.join()
+    assert_exactly_once(path, {str(w): 10_000 for w in range(4)})
+    stats = manager.stats()
+    assert (stats["received"], stats["dropped"], stats["lost"]) == (40_000, 0, 0)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", METHODS)
+def test_executor_through_a_manager_delivers_every_record_once(method, tmp_path):
+    """ProcessPoolExecutor with the manager's handle passed through submit(): exactly once."""
+    path = tmp_path / "executor.log"
+    with logfunnel.LogManager([_file_handler(path)], start_method=method) as manager:
+        ctx = multiprocessing.get_context(method)
+        with concurrent.futures.ProcessPoolExecutor(4, mp_context=ctx) as executor:
+            futures = [executor.submit(log_records, w, 10_000, manager.queue) for w in range(4)]
+            for future in futures:
+                future.result(timeout=90)
+    assert_exactly_once(path, {str(w): 10_000 for w in range(4)})
+
+
+@pytest.mark.timeout(60)
+def test_rotating_handler_with_a_lambda_namer_crosses_to_a_spawned_manager(tmp_path):
+    """A RotatingFileHandler's lambda namer reaches a spawned manager, and rotation uses it."""
+    handler = logging.handlers.RotatingFileHandler(tmp_path / "app.log", maxBytes=4_000, backupCount=100)
+    handler.namer = lambda name: name.replace("app.log.", "app-") + ".log"
+    handler.setFormatter(logging.Formatter(LINE_FORMAT))
+    with logfunnel.LogManager([handler], start_method="spawn") as manager:
+        process = multiprocessing.get_context("spawn").Process(
+            target=log_records, args=("n", 1_000, manager.queue)
+        )
+        process.start()
+        process.join(30)
+        assert process.exitcode == 0
+    handler.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert "app-1.log" in names and "app.log" in names
+    assert not [n for n in names if re.fullmatch(r"app\.log\.\d+", n)], names
+    lines = [line for p in tmp_path.iterdir() for line in p.read_text(encoding="utf-8").splitlines()]
+    assert sorted(int(line.rsplit("i=", 1)[1]) for line in lines) == list(range(1_000))
+
+
+@pytest.mark.timeout(60)
+def test_config_dict_is_built_inside_the_manager(tmp_path):
+    """A dictConfig-style config is applied in the manager process, with per-logger routing."""
+    config = {
+        "version": 1,
+        "formatters": {"plain": {"format": "%(name)s %(message)s"}},
+        "handlers": {
+            "file": {
+                "class": "logging.FileHandler",
+                "filename": str(tmp_path / "cfg.log"),
+                "formatter": "plain",
+            }
+        },
+        "loggers": {"test": {"handlers": ["file"], "level": "INFO"}},
+    }
+    with logfunnel.LogManager(config=config) as manager:
+        process = multiprocessing.get_context("fork").Process(
+            target=log_records, args=("c", 10, manager.queue)
+        )
+        process.start()
+        process.join(30)
+    assert (tmp_path / "cfg.log").read_text().splitlines()[0] == "test.worker w=c i=0"
+    assert manager.stats()["received"] == 10
+
+
+@pytest.mark.timeout(60)
+def test_stats_show_processes_and_the_managers_health(tmp_path):
+    """stats() from the parent: per-process figures, and the manager's pid, RSS, CPU, rate, backlog."""
+    with logfunnel.LogManager([_file_handler(tmp_path / "s.log")]) as manager:
+        process = multiprocessing.get_context("fork").Process(
+            target=log_records, args=("s", 500, manager.queue)
+        )
+        process.start()
+        process.join(30)
+        assert wait_for(lambda: manager.stats()["received"] == 500)
+        stats = manager.stats()
+        (entry,) = stats["processes"]
+        assert entry["pid"] == process.pid and entry["received"] == 500 and entry["state"] == "exited"
+        health = stats["manager"]
+        assert health["pid"] == manager.pid != os.getpid()
+        assert health["rss"] > 1_000_000 and health["cpu_percent"] >= 0 and health["records_per_second"] >= 0
+        assert health["backlog_bytes"] == 0
+        assert [h["backlog"] for h in health["handlers"]] == [0]
+
+
+def test_handlers_and_config_together_are_refused():
+    """It is one or the other, and the message says so."""
+    with pytest.raises(TypeError, match=r"^LogManager\(\) takes handlers or a config, not both$"):
+        logfunnel.LogManager([logging.NullHandler()], config={"version": 1})
+
+
+def test_queue_before_start_says_what_to_do():
+    """The handle exists only once the manager listens."""
+    with pytest.raises(RuntimeError, match=r"^start the LogManager before asking for its queue$"):
+        _ = logfunnel.LogManager().queue
+
+
+@pytest.mark.timeout(60)
+def test_a_second_manager_on_a_live_address_is_refused(tmp_path):
+    """Taking over a socket that still answers is an error, not a silent theft of the address."""
+    address = f"unix:{tmp_path}/m.sock"
+    with logfunnel.LogManager([logging.NullHandler()], address=address):
+        with pytest.raises(RuntimeError, match=r"a listener is already running at unix:"):
+            logfunnel.LogManager([logging.NullHandler()], address=address).start()
+
+
+@pytest.mark.timeout(60)
+def test_forked_child_exiting_does_not_stop_the_parents_manager(tmp_path):
+    """A fork child that exits normally runs atexit hooks; the parent's manager keeps running."""
+    with logfunnel.LogManager([_file_handler(tmp_path / "f.log")]) as manager:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                from logfunnel import manager as manager_module
+
+                manager_module._stop_all()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert psutil.pid_exists(manager.pid)
+        assert manager.stats()["received"] == 0
+
+
+PARENT = textwrap.dedent(
+    """
+    import logging, multiprocessing, os, sys, time
+    sys.path.insert(0, {tests!r})
+    import logfunnel
+    from _workers import log_forever
+
+    if __name__ == "__main__":
+        handler = logging.FileHandler({path!r}, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(process)d %(processName)s %(levelname)s %(message)s"))
+        manager = logfunnel.LogManager([handler]).start()
+        ctx = multiprocessing.get_context("fork")
+        started = [ctx.Event() for _ in range(4)]
+        workers = [ctx.Process(target=log_forever, args=(w, manager.queue, started[w])) for w in range(4)]
+        for w in workers:
+            w.start()
+        for event in started:
+            event.wait(30)
+        print(manager.pid, *[w.pid for w in workers], flush=True)
+        time.sleep(600)
+    """
+)
+
+
+@pytest.mark.timeout(90)
+def test_manager_drains_and_exits_when_its_parent_is_sigkilled(tmp_path):
+    """Parent SIGKILLed while 4 workers log: the manager flushes, closes, exits within 2 s; no torn line."""
+    path = tmp_path / "orphan.log"
+    script = PARENT.format(tests=os.path.dirname(__file__), path=str(path))
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        manager_pid, *worker_pids = map(int, parent.stdout.readline().split())
+        assert wait_for(lambda: path.exists() and path.stat().st_size > 100_000, timeout=30)
+        manager = psutil.Process(manager_pid)
+        parent.kill()
+        killed_at = time.monotonic()
+        # An orphan is reaped by init whenever init gets to it; a zombie has exited already.
+        assert wait_for(lambda: not _running(manager), timeout=10)
+        assert time.monotonic() - killed_at < 2.0, "the manager outlived its parent by 2 s or more"
+    finally:
+        parent.kill()
+        parent.wait(10)
+        for pid in worker_pids:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+    data = path.read_bytes()
+    assert data.endswith(b"\n"), "torn last line"
+    for line in data.decode("utf-8").splitlines():
+        assert re.fullmatch(r"\d+ \S+ INFO w=\d i=\d+", line), line
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _two_phase_worker(worker_id, handle, phase_one, first_done, go_on, finish, results) -> None:
+    logfunnel.install_worker_logging(handle, on_full="block", block_timeout=1.0, capacity=2_000)
+    log = logging.getLogger("test.worker")
+    for i in range(phase_one):
+        log.info("w=%s i=%d", worker_id, i)
+    logfunnel.flush_worker_logging(10)
+    first_done.set()
+    go_on.wait(60)
+    i, slowest, slow_calls = phase_one, 0.0, 0
+    while not finish.is_set():
+        start = time.monotonic()
+        log.info("w=%s i=%d", worker_id, i)
+        took = time.monotonic() - start
+        slowest, slow_calls = max(slowest, took), slow_calls + (took > 0.5)
+        i += 1
+        if i % 64 == 0:
+            time.sleep(0.001)
+    handler = logging.getLogger().handlers[0]
+    logfunnel.uninstall_worker_logging()  # flushes, and says goodbye with the totals
+    results.put((str(worker_id), os.getpid(), i, handler.dropped, slowest, slow_calls))
+
+
+@pytest.mark.timeout(120)
+def test_sigkilled_manager_never_hangs_workers_and_a_restart_gets_the_rest(tmp_path):
+    """Manager SIGKILLed while workers log (block, 1 s): none blocks more than once per stall, all
+    finish, a manager restarted on the address receives the rest, and per worker
+    produced = delivered + reported dropped + reported lost, exactly."""
+    path = tmp_path / "restart.log"
+    address = f"unix:{tmp_path}/m.sock"
+    ctx = multiprocessing.get_context("fork")
+    first = logfunnel.LogManager([_file_handler(path)], address=address).start()
+    events = [ctx.Event() for _ in range(4)]
+    go_on, finish, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    workers = [
+        ctx.Process(target=_two_phase_worker, args=(w, first.queue, 1_000, events[w], go_on, finish, results))
+        for w in range(4)
+    ]
+    second = None
+    try:
+        for p in workers:
+            p.start()
+        for event in events:
+            assert event.wait(30)
+        assert wait_for(lambda: first.stats()["received"] == 4_000, timeout=30)
+        time.sleep(0.2)  # let the last acknowledgements go out
+        os.kill(first.pid, signal.SIGSTOP)  # idle, everything so far handled and acknowledged
+        go_on.set()
+        time.sleep(1.5)  # workers fill their sockets and buffers, block once, then drop
+        os.kill(first.pid, signal.SIGKILL)
+        time.sleep(1.0)  # workers find the listener gone, and keep dropping while they retry
+        second = logfunnel.LogManager([_file_handler(path)], address=address, authkey=first.authkey).start()
+        assert wait_for(lambda: len(second.stats()["processes"]) == 4, timeout=30)
+        assert wait_for(lambda: second.stats()["received"] > 4 * 2_000, timeout=30)
+        finish.set()
+        reports = [results.get(timeout=60) for _ in workers]
+        for p in workers:
+            p.join(30)
+            assert p.exitcode == 0
+    finally:
+        finish.set()
+        go_on.set()
+        first.stop(timeout=5)
+        if second is not None:
+            second.stop(timeout=30)
+    stats = {p["pid"]: p for p in second.stats()["processes"]}
+    delivered = Counter()
+    seen: dict[str, set[int]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if " WARNING process " in line:
+            continue  # the manager's own report of drops and losses
+        match = re.fullmatch(r"\d+ \S+ INFO w=(\d) i=(\d+)", line)
+        assert match, f"torn or foreign line {line!r}"
+        worker_id, number = match.group(1), int(match.group(2))
+        assert number not in seen.setdefault(worker_id, set()), f"duplicate {line!r}"
+        seen[worker_id].add(number)
+        delivered[worker_id] += 1
+    total_dropped = total_lost = 0
+    for worker_id, pid, produced, dropped, slowest, slow_calls in reports:
+        entry = stats[pid]
+        assert entry["state"] == "exited"
+        assert entry["dropped"] == dropped
+        assert produced == delivered[worker_id] + entry["dropped"] + entry["lost"], (worker_id, entry)
+        assert slow_calls <= 3, f"worker {worker_id} blocked {slow_calls} times"
+        assert slowest < 5.0, f"worker {worker_id} blocked {slowest:.1f} s in one call"
+        total_dropped += entry["dropped"]
+        total_lost += entry["lost"]
+    assert total_dropped > 0 and total_lost > 0, "the stall should have cost drops and in-flight losses"
