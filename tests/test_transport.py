@@ -275,6 +275,8 @@ def test_create_server_on_ipv6_keeps_the_brackets() -> None:
     try:
         sock, address, _ = create_server("tcp://[::1]:0")
     except OSError as exc:
+        if os.environ.get("CI"):
+            raise  # CI machines have an IPv6 loopback: its absence there is a failure, not a skip
         pytest.skip(f"no IPv6 loopback here: {exc}")
     try:
         port = sock.getsockname()[1]

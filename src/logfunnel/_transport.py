@@ -35,7 +35,9 @@ __all__ = [
     "connect",
     "create_server",
     "parse_address",
+    "publish",
     "recv_frame",
+    "withdraw",
 ]
 
 ADDRESS_ENV = "LOGFUNNEL_ADDRESS"
@@ -123,6 +125,25 @@ class QueueHandle:
 
     def __repr__(self) -> str:
         return f"QueueHandle({self.address!r})"  # the key stays out of logs
+
+
+def publish(handle: QueueHandle) -> tuple[str | None, str | None]:
+    """Name *handle* in the environment, for child processes; return what was there before."""
+    saved = (os.environ.get(ADDRESS_ENV), os.environ.get(AUTHKEY_ENV))
+    os.environ[ADDRESS_ENV] = handle.address
+    os.environ[AUTHKEY_ENV] = handle.authkey.hex()
+    return saved
+
+
+def withdraw(address: str | None, saved: tuple[str | None, str | None] | None) -> None:
+    """Put back what ``publish`` replaced, unless someone has published another address since."""
+    if saved is None or os.environ.get(ADDRESS_ENV) != address:
+        return
+    for name, value in zip((ADDRESS_ENV, AUTHKEY_ENV), saved):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def create_server(address: str | None) -> tuple[socket.socket, str, str | None]:

@@ -28,8 +28,6 @@ from typing import Any
 
 from . import _wire, worker
 from ._transport import (
-    ADDRESS_ENV,
-    AUTHKEY_ENV,
     CHALLENGE_SIZE,
     DIGEST_SIZE,
     GREETING,
@@ -37,6 +35,8 @@ from ._transport import (
     QueueHandle,
     answer,
     create_server,
+    publish,
+    withdraw,
 )
 
 __all__ = ["LogListener", "start_listener"]
@@ -205,9 +205,7 @@ class LogListener(logging.handlers.QueueListener):
         self._thread = threading.Thread(target=target, name="logfunnel-listener", daemon=True)
         self._thread.start()
         if self._server is not None:
-            self._saved_env = (os.environ.get(ADDRESS_ENV), os.environ.get(AUTHKEY_ENV))
-            os.environ[ADDRESS_ENV] = self.address or ""
-            os.environ[AUTHKEY_ENV] = self._authkey.hex()
+            self._saved_env = publish(self.queue)
         return self
 
     def stop(self, timeout: float | None = None) -> None:
@@ -258,14 +256,8 @@ class LogListener(logging.handlers.QueueListener):
                     pass
         for sock in (self._wake_r, self._wake_w):
             sock.close()
-        if self._saved_env is not None:
-            if os.environ.get(ADDRESS_ENV) == self.address:
-                for name, value in zip((ADDRESS_ENV, AUTHKEY_ENV), self._saved_env):
-                    if value is None:
-                        os.environ.pop(name, None)
-                    else:
-                        os.environ[name] = value
-            self._saved_env = None
+        withdraw(self.address, self._saved_env)
+        self._saved_env = None
 
     # -- statistics --------------------------------------------------------------------------------
 

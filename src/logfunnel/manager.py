@@ -29,7 +29,7 @@ import multiprocess
 import psutil
 
 from . import worker
-from ._transport import ADDRESS_ENV, AUTHKEY_ENV, QueueHandle
+from ._transport import QueueHandle, publish, withdraw
 from .listener import LogListener
 
 __all__ = ["LogManager"]
@@ -247,9 +247,7 @@ class LogManager:
             self._process.join(5)
             raise RuntimeError(f"the log manager failed to start:\n{reply[1]}")
         _, self.address, self.pid = reply
-        self._saved_env = (os.environ.get(ADDRESS_ENV), os.environ.get(AUTHKEY_ENV))
-        os.environ[ADDRESS_ENV] = self.address or ""
-        os.environ[AUTHKEY_ENV] = self.authkey.hex()
+        self._saved_env = publish(self.queue)
         _managers.add(self)
         return self
 
@@ -291,15 +289,7 @@ class LogManager:
                 self._process.join(5)
             self._conn.close()
             self._conn = None
-        self._restore_env()
-
-    def _restore_env(self) -> None:
-        if self._saved_env is not None and os.environ.get(ADDRESS_ENV) == self.address:
-            for name, value in zip((ADDRESS_ENV, AUTHKEY_ENV), self._saved_env):
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+        withdraw(self.address, self._saved_env)
         self._saved_env = None
 
     def __enter__(self) -> LogManager:
