@@ -8,7 +8,6 @@ above are on the wire before ``emit`` returns, so a crash's last words arrive.
 
 from __future__ import annotations
 
-import atexit
 import collections
 import logging
 import logging.handlers
@@ -26,6 +25,7 @@ import weakref
 from typing import Any, Literal
 
 from . import _sigterm, _wire
+from ._exit import at_exit
 from ._transport import QueueHandle, connect, parse_address
 
 __all__ = [
@@ -627,13 +627,7 @@ def _register_exit_hooks() -> None:
     _hooks_pid = os.getpid()
     if _flush_on_sigterm:  # re-arm in a fork child that inherited the handler (main thread only)
         _sigterm.install(_close_all)
-    # atexit covers the main process and subprocess children; a child started by multiprocessing
-    # (or multiprocess, or billiard) leaves through os._exit after running its own finalizers.
-    atexit.register(_close_all)
-    for name in ("multiprocessing.util", "multiprocess.util", "billiard.util"):
-        util = sys.modules.get(name)
-        if util is not None:
-            util.Finalize(None, _close_all, exitpriority=-100)
+    at_exit(_close_all)
 
 
 def _installed_handlers() -> list[FunnelHandler]:

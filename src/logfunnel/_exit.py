@@ -1,0 +1,31 @@
+"""Run a callback at every normal exit of this process, including a fork child's ``os._exit``.
+
+``atexit`` covers the main process and ``subprocess`` children. A child started by multiprocessing
+(or multiprocess, or billiard) leaves through ``os._exit`` after running its own finalizers, so the
+callback is registered with those too. Callbacks may run more than once (a fork child inherits its
+parent's ``atexit`` list): they must be idempotent and check the pid they were meant for.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from collections.abc import Callable
+
+__all__ = ["at_exit"]
+
+_registered: set[tuple[int, Callable[[], None]]] = set()
+
+
+def at_exit(callback: Callable[[], None]) -> None:
+    """Register *callback* for this process's exit, once per process."""
+    key = (os.getpid(), callback)
+    if key in _registered:
+        return
+    _registered.add(key)
+    atexit.register(callback)
+    for name in ("multiprocessing.util", "multiprocess.util", "billiard.util"):
+        util = sys.modules.get(name)
+        if util is not None:
+            util.Finalize(None, callback, exitpriority=-100)

@@ -1,0 +1,128 @@
+"""Gzip rotated files in the background, without holding up any writer.
+
+A rotated file takes its final name (``app.log.1.gz``) at once, still uncompressed, so that every
+later rotation shifts it like any other backup. A thread then compresses it into a hidden temporary
+file and, under the handler's locks, replaces whatever name the backup has by then (it is found again
+by its inode). A backup that was deleted meanwhile is simply dropped. A file left uncompressed by a
+crash is found by its missing gzip header and compressed on the next pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = ["Compressor", "is_gzip"]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_gzip(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == _GZIP_MAGIC
+    except OSError:
+        return True  # gone, or unreadable: nothing for us to do
+
+
+class Compressor:
+    """One background thread per handler and process; ``wait()`` returns when its queue is empty."""
+
+    def __init__(
+        self, base: str, locked: Callable[[], contextlib.AbstractContextManager[Any]], chmod: int | None
+    ) -> None:
+        self.base = base
+        self.locked = locked  # a context manager that holds the handler's locks
+        self.chmod = chmod
+        self._queue: list[tuple[int, int]] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._busy = False
+
+    def submit(self, path: str) -> None:
+        """Compress the backup now at *path* (called with the handler's locks held)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        with self._cond:
+            self._queue.append((st.st_dev, st.st_ino))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="logfunnel-gzip", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def sweep(self) -> None:
+        """Queue every backup that carries the .gz name but not yet the content (a crash's leftovers)."""
+        for path in self._backups():
+            if path.endswith(".gz") and not is_gzip(path):
+                self.submit(path)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._queue, timeout=5.0):
+                    self._thread = None
+                    return
+                dev, ino = self._queue.pop(0)
+                self._busy = True
+            try:
+                self._compress(dev, ino)
+            except Exception as exc:
+                from ..worker import _banner
+
+                _banner(f"could not compress a backup of {self.base}: {exc!r}")
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _backups(self) -> Iterator[str]:
+        folder, name = os.path.split(self.base)
+        prefix = name + "."
+        with os.scandir(folder or ".") as entries:
+            for entry in entries:
+                if entry.name.startswith(prefix):
+                    yield entry.path
+
+    def _find(self, dev: int, ino: int) -> str | None:
+        for path in self._backups():
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (dev, ino):
+                return path
+        return None
+
+    def _compress(self, dev: int, ino: int) -> None:
+        with self.locked():
+            path = self._find(dev, ino)
+            if path is None or is_gzip(path):
+                return
+            source = open(path, "rb")  # noqa: SIM115 - read outside the lock, through this descriptor
+        folder, name = os.path.split(self.base)
+        temporary = os.path.join(folder, f".{name}.{os.getpid()}.{ino}.gz-tmp")
+        try:
+            with source, open(temporary, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb") as packed:
+                shutil.copyfileobj(source, packed, 1 << 20)
+            if self.chmod is not None:
+                os.chmod(temporary, self.chmod)
+            with self.locked():
+                path = self._find(dev, ino)  # it may have been shifted, or deleted, meanwhile
+                if path is None:
+                    os.remove(temporary)
+                else:
+                    os.replace(temporary, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)

@@ -1,0 +1,579 @@
+"""File handlers that stay correct when many processes write one file set.
+
+Each is the standard library's handler with the same constructor and attributes, made safe with an
+exclusive lock on a lock file beside the log (``fcntl.flock`` on a descriptor kept open: it blocks in
+the kernel without polling, and a child reopens it after ``fork``). Under the lock a writer checks that
+the file at the path is still the one it has open (another process may have rotated it, or logrotate
+moved it) and reopens it if not, decides rotation line by line, and writes whole lines.
+
+``emit()`` formats the record and, when the lock is free, writes at once, so a single process sees its
+line in the file as soon as the call returns. When another process holds the lock, the line waits in a
+short queue that a flusher thread of the handler writes, with everything else that gathered, as soon
+as the lock is free: writers never wait for each other, and under contention the lock is taken once
+per batch instead of once per line. ERROR records and ``flush()`` wait until they are written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import logging.handlers
+import os
+import stat
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from .. import _wire
+from .._exit import at_exit
+from ._compress import Compressor
+
+__all__ = [
+    "LockedFileHandler",
+    "LockedRotatingFileHandler",
+    "LockedTimedRotatingFileHandler",
+    "LockedWatchedFileHandler",
+]
+
+_ASCII_SUPERSETS = {"utf-8", "utf8", "ascii", "latin-1", "latin1", "iso-8859-1", "cp1252"}
+_STATE_SIZE = 64
+Item = tuple[str, float]  # a formatted line with its terminator, and the record's creation time
+
+
+class _LockFile:
+    """An exclusive lock between processes, and a few bytes of state they share (the timed schedule)."""
+
+    def __init__(self, path: str, chmod: int | None) -> None:
+        self.path = path
+        self.chmod = chmod
+        self._fd = -1
+        self._pid = 0
+
+    def _descriptor(self) -> int:
+        if self._pid != os.getpid():
+            # A fork child needs an open file description of its own: a flock belongs to the
+            # description, which the child shares with its parent until it opens the file again.
+            # Closing the inherited copy leaves the parent's lock alone.
+            if self._fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+            permissions = 0o666 if self.chmod is None else self.chmod
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, permissions)
+            self._pid = os.getpid()
+        return self._fd
+
+    def acquire(self, blocking: bool = True) -> bool:
+        try:
+            fcntl.flock(self._descriptor(), fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def read_state(self) -> str:
+        return os.pread(self._descriptor(), _STATE_SIZE, 0).decode("ascii", "replace").strip()
+
+    def write_state(self, text: str) -> None:
+        os.pwrite(self._descriptor(), text.encode("ascii").ljust(_STATE_SIZE), 0)
+
+    def close(self) -> None:
+        if self._pid == os.getpid() and self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._pid = -1, 0
+
+
+_handlers: weakref.WeakSet[_Locked] = weakref.WeakSet()
+_orphans: list[Any] = []  # streams inherited across fork and closed under them
+
+
+class _Locked:
+    """What the four handlers share: the lock, the queue, the flusher, reopening, compression."""
+
+    # Provided by logging.FileHandler and friends:
+    baseFilename: str
+    mode: str
+    stream: Any
+    terminator: str
+    lock: Any
+    formatter: logging.Formatter | None
+    filters: list[Any]
+    encoding: str | None
+    errors: str | None
+
+    def _locked_init(self, chmod: int | None, lock_file: str | None, compress: bool = False) -> None:
+        self.chmod = chmod
+        self.compress = compress
+        folder, name = os.path.split(self.baseFilename)
+        self.lock_file = os.path.abspath(lock_file) if lock_file else os.path.join(folder, f".{name}.lock")
+        self._lockfile = _LockFile(self.lock_file, chmod)
+        self._compressor = Compressor(self.baseFilename, self._locked, chmod) if compress else None
+        self._renderer: tuple[Any, _wire.Renderer | None] = (object(), None)
+        self._reset_process()
+        _handlers.add(self)
+        if self._compressor is not None:
+            self._compressor.sweep()
+
+    def _reset_process(self) -> None:
+        # In __init__ and in a fork child: the parent's queue, thread and lock state are not ours.
+        self._pid = os.getpid()
+        self._pending: list[Item] = []
+        self._writing = threading.Lock()  # held by whichever of this process's threads writes
+        self._wake = threading.Condition(threading.Lock())
+        self._woken = False
+        self._flusher: threading.Thread | None = None
+        self._closing = False
+        at_exit(_flush_all)
+
+    def _after_fork_in_child(self) -> None:
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            # Drop the parent's stream without flushing (whatever its buffer holds is the parent's),
+            # and keep the object, so that its finalizer never closes a reused descriptor number.
+            with contextlib.suppress(Exception):
+                os.close(stream.fileno())
+            _orphans.append(stream)
+            self.stream = None
+        self._reset_process()
+        if self._compressor is not None:
+            self._compressor = Compressor(self.baseFilename, self._locked, self.chmod)
+
+    # -- opening --------------------------------------------------------------------------------------
+
+    def _open(self) -> Any:
+        created = not os.path.exists(self.baseFilename)
+        stream = logging.FileHandler._open(self)  # type: ignore[arg-type]  # noqa: SLF001
+        st = os.fstat(stream.fileno())
+        self._ident = (st.st_dev, st.st_ino)
+        self._regular = stat.S_ISREG(st.st_mode)  # /dev/null and friends are never rotated
+        self.dev, self.ino = self._ident  # as WatchedFileHandler has them
+        if created and getattr(self, "chmod", None) is not None:
+            with contextlib.suppress(OSError):
+                os.fchmod(stream.fileno(), self.chmod)  # type: ignore[arg-type]
+        encoding = (stream.encoding or "utf-8").lower()
+        self._ascii_ok = encoding in _ASCII_SUPERSETS
+        return stream
+
+    def _sync_stream(self) -> int:
+        """Reopen if the file at our path is not the one we have open; return its size."""
+        try:
+            st = os.stat(self.baseFilename)
+        except FileNotFoundError:
+            st = None
+        if self.stream is None or st is None or (st.st_dev, st.st_ino) != self._ident:
+            if self.stream is not None:
+                with contextlib.suppress(Exception):
+                    self.stream.close()
+            self.stream = self._open()
+            return os.fstat(self.stream.fileno()).st_size
+        return st.st_size
+
+    def reopenIfNeeded(self) -> None:
+        with self._locked():
+            self._sync_stream()
+
+    # -- emitting -------------------------------------------------------------------------------------
+
+    def handle(self, record: logging.LogRecord) -> Any:
+        """Filter, then emit; emit() takes the locks it needs for only as long as it needs them."""
+        rv = self.filter(record) if self.filters else True  # type: ignore[attr-defined]
+        if isinstance(rv, logging.LogRecord):
+            record = rv
+        if rv:
+            self.emit(record)
+        return rv
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            with self.lock:
+                if self._pid != os.getpid():
+                    self._after_fork_in_child()
+                text = self._render(record) + self.terminator
+                self._pending.append((text, record.created))
+            if record.levelno >= logging.ERROR:
+                self._flush_pending(block=True)
+            elif not self._flush_pending(block=False):
+                self._wake_flusher()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)  # type: ignore[attr-defined]
+
+    def _render(self, record: logging.LogRecord) -> str:
+        # A plain Formatter is rendered by an identical one that caches the time text per second.
+        formatter = self.formatter
+        if formatter is not self._renderer[0]:
+            spec = _wire.formatter_spec(formatter)
+            self._renderer = (formatter, _wire.Renderer(spec) if spec is not None else None)
+        renderer = self._renderer[1]
+        if renderer is None:
+            return self.format(record)  # type: ignore[attr-defined, no-any-return]
+        record.message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = renderer.formatException(record.exc_info)
+        return renderer.format(record)
+
+    def flush(self) -> None:
+        """Write everything queued (waiting for the lock if need be), then flush the stream."""
+        if self._pid == os.getpid():
+            self._flush_pending(block=True)
+        with self.lock:
+            if self.stream is not None and hasattr(self.stream, "flush"):
+                self.stream.flush()
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            self._closing = True
+            self._flush_pending(block=True)
+            self._wake_flusher()
+            if self._compressor is not None:
+                self._compressor.wait(60.0)
+        logging.FileHandler.close(self)  # type: ignore[arg-type]
+        self._lockfile.close()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._writing:
+            self._lockfile.acquire()
+            try:
+                yield
+            finally:
+                self._lockfile.release()
+
+    def _flush_pending(self, block: bool) -> bool:
+        """Write the queue if this process's writer and the file lock are free (or wait for them)."""
+        if not self._pending:
+            return True
+        if not self._writing.acquire(blocking=block):
+            return False
+        try:
+            if not self._lockfile.acquire(block):
+                return False
+            try:
+                while True:
+                    with self.lock:
+                        items, self._pending = self._pending, []
+                    if not items:
+                        return True
+                    self._write_items(items, self._sync_stream())
+            finally:
+                self._lockfile.release()
+        finally:
+            self._writing.release()
+
+    def _wake_flusher(self) -> None:
+        with self._wake:
+            if self._flusher is None or not self._flusher.is_alive():
+                if self._closing:
+                    return
+                self._flusher = threading.Thread(
+                    target=self._run_flusher, name="logfunnel-file-flusher", daemon=True
+                )
+                self._flusher.start()
+            self._woken = True
+            self._wake.notify()
+
+    def _run_flusher(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._woken, timeout=1.0)
+                self._woken = False
+            if self._pid != os.getpid():
+                return
+            try:
+                self._flush_pending(block=True)
+            except Exception as exc:
+                from ..worker import _banner
+
+                _banner(f"could not write to {self.baseFilename}: {exc!r}")
+            if self._closing and not self._pending:
+                return
+
+    # -- writing (the file lock is held) ---------------------------------------------------------------
+
+    def _write_items(self, items: list[Item], size: int) -> None:
+        """Write *items* to the file, whose current size is *size*."""
+        self._write_text([text for text, _ in items])
+
+    def _write_text(self, lines: list[str]) -> None:
+        stream = self.stream
+        try:
+            stream.write("".join(lines))
+        except UnicodeError:  # one line the encoding cannot take must not cost the others
+            for line in lines:
+                try:
+                    stream.write(line)
+                except UnicodeError:
+                    self.handleError(logging.makeLogRecord({"msg": line}))  # type: ignore[attr-defined]
+        stream.flush()
+
+    def _nbytes(self, text: str) -> int:
+        if self._ascii_ok and text.isascii():
+            return len(text)
+        return len(text.encode(self.stream.encoding, self.stream.errors or "strict"))
+
+    def rotation_filename(self, default_name: str) -> str:
+        name: str = logging.handlers.BaseRotatingHandler.rotation_filename(self, default_name)  # type: ignore[arg-type]
+        if self.compress and not name.endswith(".gz"):
+            name += ".gz"
+        return name
+
+    def rotate(self, source: str, dest: str) -> None:
+        logging.handlers.BaseRotatingHandler.rotate(self, source, dest)  # type: ignore[arg-type]
+        if self._compressor is not None and not callable(getattr(self, "rotator", None)):
+            self._compressor.submit(dest)
+
+
+def _flush_all() -> None:
+    for handler in list(_handlers):
+        if handler._pid == os.getpid():  # noqa: SLF001
+            with contextlib.suppress(Exception):
+                handler.flush()
+                if handler._compressor is not None:  # noqa: SLF001
+                    handler._compressor.wait(30.0)  # noqa: SLF001
+
+
+def _after_fork_in_child() -> None:
+    for handler in list(_handlers):
+        handler._after_fork_in_child()  # noqa: SLF001
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class LockedFileHandler(_Locked, logging.FileHandler):
+    """``logging.FileHandler``, safe when several processes append to the same file.
+
+    *chmod* sets the permissions of a file the handler creates; *lock_file* is where the lock lives
+    (by default ``.<name>.lock`` beside the log).
+    """
+
+    def __init__(
+        self,
+        filename: str | os.PathLike[str],
+        mode: str = "a",
+        encoding: str | None = None,
+        delay: bool = False,
+        errors: str | None = None,
+        *,
+        chmod: int | None = None,
+        lock_file: str | None = None,
+    ) -> None:
+        self.chmod = chmod
+        logging.FileHandler.__init__(self, filename, mode, encoding, delay, errors)
+        self._locked_init(chmod, lock_file)
+
+
+class LockedWatchedFileHandler(_Locked, logging.handlers.WatchedFileHandler):
+    """``logging.handlers.WatchedFileHandler`` for many processes: a file moved away (logrotate) is
+    noticed under the lock before every write, and reopened."""
+
+    def __init__(
+        self,
+        filename: str | os.PathLike[str],
+        mode: str = "a",
+        encoding: str | None = None,
+        delay: bool = False,
+        errors: str | None = None,
+        *,
+        chmod: int | None = None,
+        lock_file: str | None = None,
+    ) -> None:
+        self.chmod = chmod
+        logging.handlers.WatchedFileHandler.__init__(self, filename, mode, encoding, delay, errors)
+        self._locked_init(chmod, lock_file)
+
+
+class LockedRotatingFileHandler(_Locked, logging.handlers.RotatingFileHandler):
+    """``logging.handlers.RotatingFileHandler`` for many processes.
+
+    The size is the file's own, read under the lock; a line that would take the file to *maxBytes*
+    starts a new one (a single record larger than that is written alone). With *compress*, backups
+    are gzipped in the background (``app.log.1.gz``). As in the standard library, rollover never
+    happens when *maxBytes* or *backupCount* is zero.
+    """
+
+    def __init__(
+        self,
+        filename: str | os.PathLike[str],
+        mode: str = "a",
+        maxBytes: int = 0,
+        backupCount: int = 0,
+        encoding: str | None = None,
+        delay: bool = False,
+        errors: str | None = None,
+        *,
+        compress: bool = False,
+        chmod: int | None = None,
+        lock_file: str | None = None,
+    ) -> None:
+        self.chmod = chmod
+        logging.handlers.RotatingFileHandler.__init__(
+            self, filename, mode, maxBytes, backupCount, encoding, delay, errors
+        )
+        self._locked_init(chmod, lock_file, compress)
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        """Whether *record* would take the file (as it is now, in any process) to maxBytes."""
+        if self.maxBytes <= 0 or self.backupCount <= 0:
+            return False
+        if os.path.exists(self.baseFilename) and not os.path.isfile(self.baseFilename):
+            return False  # /dev/null and friends never rotate
+        with self._locked():
+            size = self._sync_stream()
+            return size > 0 and size + self._nbytes(self.format(record) + self.terminator) >= self.maxBytes
+
+    def doRollover(self) -> None:
+        with self._locked():
+            self._sync_stream()
+            self._rollover()
+
+    def _write_items(self, items: list[Item], size: int) -> None:
+        if self.maxBytes <= 0 or self.backupCount <= 0 or not self._regular:
+            self._write_text([text for text, _ in items])
+            return
+        chunk: list[str] = []
+        for text, _ in items:
+            length = self._nbytes(text)
+            if size > 0 and size + length >= self.maxBytes:
+                if chunk:
+                    self._write_text(chunk)
+                    chunk = []
+                self._rollover()
+                size = 0
+            chunk.append(text)
+            size += length
+        if chunk:
+            self._write_text(chunk)
+
+    def _rollover(self) -> None:
+        # The standard library's doRollover, run with the lock held by the process that decided.
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+        # One directory listing instead of an exists() per possible backup: with a large
+        # backupCount the standard library's loop makes thousands of system calls per rollover.
+        folder = os.path.dirname(self.baseFilename)
+        present = {os.path.join(folder, name) for name in os.listdir(folder or ".")}
+        for i in range(self.backupCount - 1, 0, -1):
+            source = self.rotation_filename(f"{self.baseFilename}.{i}")
+            if source in present:
+                dest = self.rotation_filename(f"{self.baseFilename}.{i + 1}")
+                if dest in present:
+                    os.remove(dest)
+                os.rename(source, dest)
+                present.add(dest)
+                present.discard(source)
+        dest = self.rotation_filename(self.baseFilename + ".1")
+        if os.path.exists(dest):
+            os.remove(dest)
+        self.rotate(self.baseFilename, dest)
+        self.stream = self._open()
+
+
+class LockedTimedRotatingFileHandler(_Locked, logging.handlers.TimedRotatingFileHandler):
+    """``logging.handlers.TimedRotatingFileHandler`` for many processes.
+
+    The processes share one schedule, kept beside the lock: whichever first writes a line from a new
+    interval rotates, for everyone, including processes that start later or slept across the
+    boundary. A line goes to the file of the interval it was logged in. No backup is ever overwritten:
+    if one exists already for an interval, the file is appended to it.
+    """
+
+    def __init__(
+        self,
+        filename: str | os.PathLike[str],
+        when: str = "h",
+        interval: int = 1,
+        backupCount: int = 0,
+        encoding: str | None = None,
+        delay: bool = False,
+        utc: bool = False,
+        atTime: Any = None,
+        errors: str | None = None,
+        *,
+        compress: bool = False,
+        chmod: int | None = None,
+        lock_file: str | None = None,
+    ) -> None:
+        self.chmod = chmod
+        logging.handlers.TimedRotatingFileHandler.__init__(
+            self, filename, when, interval, backupCount, encoding, delay, utc, atTime, errors
+        )
+        self._locked_init(chmod, lock_file, compress)
+        self._adopted = False
+
+    def doRollover(self) -> None:
+        with self._locked():
+            self._sync_stream()
+            self._rollover(time.time())
+
+    def _write_items(self, items: list[Item], size: int) -> None:
+        if not self._adopted:
+            self._adopt_schedule()
+        chunk: list[str] = []
+        for text, created in items:
+            if created >= self.rolloverAt:
+                if chunk:
+                    self._write_text(chunk)
+                    chunk = []
+                self._adopt_schedule()
+                if created >= self.rolloverAt:
+                    self._rollover(created)
+            chunk.append(text)
+        if chunk:
+            self._write_text(chunk)
+
+    def _adopt_schedule(self) -> None:
+        """Take the shared next rollover time, or publish ours if we are the first."""
+        shared = self._lockfile.read_state()
+        if shared.isdigit():
+            self.rolloverAt = int(shared)
+        else:
+            self._lockfile.write_state(str(int(self.rolloverAt)))
+        self._adopted = True
+
+    def _rollover(self, now: float) -> None:
+        # The standard library's doRollover with the lock held, keyed by the shared schedule.
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+        current = int(now)
+        start = self.rolloverAt - self.interval
+        time_tuple = time.gmtime(start) if self.utc else time.localtime(start)
+        if not self.utc:
+            dst_now = time.localtime(current)[-1]
+            dst_then = time_tuple[-1]
+            if dst_now != dst_then:
+                time_tuple = time.localtime(start + (3600 if dst_now else -3600))
+        dest = self.rotation_filename(self.baseFilename + "." + time.strftime(self.suffix, time_tuple))
+        if os.path.exists(self.baseFilename) and os.path.getsize(self.baseFilename) > 0:
+            if os.path.exists(dest):
+                _append_file(self.baseFilename, dest)  # never overwrite a backup
+            else:
+                self.rotate(self.baseFilename, dest)
+        if self.backupCount > 0:
+            for old in self.getFilesToDelete():
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(old)
+        self.stream = self._open()
+        following = self.computeRollover(current)
+        while following <= current:
+            following += self.interval
+        if (self.when == "MIDNIGHT" or self.when.startswith("W")) and not self.utc:
+            dst_at_rollover = time.localtime(following)[-1]
+            if time.localtime(current)[-1] != dst_at_rollover:
+                following += -3600 if not dst_at_rollover else 3600
+        self.rolloverAt = following
+        self._lockfile.write_state(str(int(following)))
+
+
+def _append_file(source: str, dest: str) -> None:
+    with open(source, "rb") as src, open(dest, "ab") as out:
+        while chunk := src.read(1 << 20):
+            out.write(chunk)
+    os.remove(source)
