@@ -20,6 +20,7 @@ import fcntl
 import logging
 import logging.handlers
 import os
+import re
 import stat
 import threading
 import time
@@ -511,6 +512,20 @@ class LockedTimedRotatingFileHandler(_Locked, logging.handlers.TimedRotatingFile
         with self._locked():
             self._sync_stream()
             self._rollover(time.time())
+
+    def getFilesToDelete(self) -> list[str]:
+        """The oldest backups beyond backupCount. With compression the names end in .gz, which the
+        standard library's matching does not accept on every version, so they are matched here."""
+        if not self.compress or callable(self.namer):
+            return super().getFilesToDelete()  # type: ignore[no-any-return]
+        folder, name = os.path.split(self.baseFilename)
+        digits = {"%Y": r"\d{4}"}
+        stamp = re.sub(r"%[YmdHMS]", lambda m: digits.get(m.group(), r"\d{2}"), re.escape(self.suffix))
+        pattern = re.compile(re.escape(name + ".") + stamp + r"(\.gz)?")
+        backups = sorted(entry for entry in os.listdir(folder or ".") if pattern.fullmatch(entry))
+        if len(backups) <= self.backupCount:
+            return []
+        return [os.path.join(folder, entry) for entry in backups[: len(backups) - self.backupCount]]
 
     def _write_items(self, items: list[Item], size: int) -> None:
         if not self._adopted:
