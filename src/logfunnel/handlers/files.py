@@ -517,7 +517,7 @@ class LockedTimedRotatingFileHandler(_Locked, logging.handlers.TimedRotatingFile
         """The oldest backups beyond backupCount. With compression the names end in .gz, which the
         standard library's matching does not accept on every version, so they are matched here."""
         if not self.compress or callable(self.namer):
-            return super().getFilesToDelete()  # type: ignore[no-any-return]
+            return super().getFilesToDelete()
         folder, name = os.path.split(self.baseFilename)
         digits = {"%Y": r"\d{4}"}
         stamp = re.sub(r"%[YmdHMS]", lambda m: digits.get(m.group(), r"\d{2}"), re.escape(self.suffix))
