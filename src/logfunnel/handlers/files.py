@@ -193,11 +193,22 @@ class _Locked:
             with self.lock:
                 if self._pid != os.getpid():
                     self._after_fork_in_child()
-                text = self._render(record) + self.terminator
-                self._pending.append((text, record.created))
+                item = (self._render(record) + self.terminator, record.created)
+                # Nothing queued and nobody writing, here or in another process: write it now.
+                if not self._pending and self._writing.acquire(blocking=False):
+                    try:
+                        if self._lockfile.acquire(blocking=False):
+                            try:
+                                self._write_items([item], self._sync_stream())
+                            finally:
+                                self._lockfile.release()
+                            return
+                    finally:
+                        self._writing.release()
+                self._pending.append(item)
             if record.levelno >= logging.ERROR:
                 self._flush_pending(block=True)
-            elif not self._flush_pending(block=False):
+            elif not self._woken:
                 self._wake_flusher()
         except RecursionError:
             raise
