@@ -19,13 +19,20 @@ _registered: set[tuple[int, Callable[[], None]]] = set()
 
 
 def at_exit(callback: Callable[[], None]) -> None:
-    """Register *callback* for this process's exit, once per process."""
+    """Register *callback* for this process's exit, once per process.
+
+    Call it when the process first has something to flush, not from an at-fork hook: a child that
+    multiprocessing starts clears its finalizers after the fork hooks have run. The registries are
+    checked, not just remembered, for the same reason.
+    """
     key = (os.getpid(), callback)
-    if key in _registered:
-        return
-    _registered.add(key)
-    atexit.register(callback)
+    if key not in _registered:
+        _registered.add(key)
+        atexit.register(callback)
     for name in ("multiprocessing.util", "multiprocess.util", "billiard.util"):
         util = sys.modules.get(name)
-        if util is not None:
+        if util is None:
+            continue
+        registry = getattr(util, "_finalizer_registry", {})
+        if not any(getattr(f, "_callback", None) is callback for f in list(registry.values())):
             util.Finalize(None, callback, exitpriority=-100)

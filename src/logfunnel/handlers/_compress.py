@@ -2,9 +2,11 @@
 
 A rotated file takes its final name (``app.log.1.gz``) at once, still uncompressed, so that every
 later rotation shifts it like any other backup. A thread then compresses it into a hidden temporary
-file and, under the handler's locks, replaces whatever name the backup has by then (it is found again
-by its inode). A backup that was deleted meanwhile is simply dropped. A file left uncompressed by a
-crash is found by its missing gzip header and compressed on the next pass.
+file and, under the handler's locks, replaces whatever name the backup has by then. The backup is
+found again by its identity: device, inode, size and modification time, since a file system reuses
+the inode number of a deleted backup at once. One that grew meanwhile (a late line was appended) is
+compressed again; one that was deleted is dropped. A file left uncompressed by a crash is found by
+its missing gzip header and compressed on the next pass.
 """
 
 from __future__ import annotations
@@ -17,9 +19,37 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["Compressor", "is_gzip"]
+__all__ = ["Compressor", "append_file", "is_gzip"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
+
+
+def append_file(source: str, dest: str) -> None:
+    """Append *source*'s bytes to *dest*, as a gzip member if *dest* is compressed; remove *source*."""
+    packed = os.path.exists(dest) and os.path.getsize(dest) > 0 and is_gzip(dest)
+    with open(source, "rb") as src, open(dest, "ab") as out:
+        target: Any = gzip.GzipFile(fileobj=out, mode="wb") if packed else contextlib.nullcontext(out)
+        with target as sink:
+            shutil.copyfileobj(src, sink, 1 << 20)
+    os.remove(source)
+
+
+def append_text(dest: str, data: bytes) -> None:
+    """Append *data* to *dest*, as a gzip member if *dest* is compressed."""
+    packed = os.path.getsize(dest) > 0 and is_gzip(dest)
+    with open(dest, "ab") as out:
+        if packed:
+            with gzip.GzipFile(fileobj=out, mode="wb") as sink:
+                sink.write(data)
+        else:
+            out.write(data)
+
+
+Identity = tuple[int, int, int, int]
+
+
+def _identity(st: os.stat_result) -> Identity:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def is_gzip(path: str) -> bool:
@@ -39,7 +69,7 @@ class Compressor:
         self.base = base
         self.locked = locked  # a context manager that holds the handler's locks
         self.chmod = chmod
-        self._queue: list[tuple[int, int]] = []
+        self._queue: list[Identity] = []
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._busy = False
@@ -51,7 +81,7 @@ class Compressor:
         except OSError:
             return
         with self._cond:
-            self._queue.append((st.st_dev, st.st_ino))
+            self._queue.append(_identity(st))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="logfunnel-gzip", daemon=True)
                 self._thread.start()
@@ -73,10 +103,10 @@ class Compressor:
                 if not self._cond.wait_for(lambda: self._queue, timeout=5.0):
                     self._thread = None
                     return
-                dev, ino = self._queue.pop(0)
+                identity = self._queue.pop(0)
                 self._busy = True
             try:
-                self._compress(dev, ino)
+                self._compress(identity)
             except Exception as exc:
                 from ..worker import _banner
 
@@ -94,35 +124,38 @@ class Compressor:
                 if entry.name.startswith(prefix):
                     yield entry.path
 
-    def _find(self, dev: int, ino: int) -> str | None:
+    def _find(self, identity: Identity, exact: bool = True) -> tuple[str, os.stat_result] | None:
         for path in self._backups():
             try:
                 st = os.stat(path)
             except OSError:
                 continue
-            if (st.st_dev, st.st_ino) == (dev, ino):
-                return path
+            if _identity(st) == identity or (not exact and _identity(st)[:2] == identity[:2]):
+                return path, st
         return None
 
-    def _compress(self, dev: int, ino: int) -> None:
+    def _compress(self, identity: Identity) -> None:
         with self.locked():
-            path = self._find(dev, ino)
-            if path is None or is_gzip(path):
+            found = self._find(identity)
+            if found is None or is_gzip(found[0]):
                 return
-            source = open(path, "rb")  # noqa: SIM115 - read outside the lock, through this descriptor
+            source = open(found[0], "rb")  # noqa: SIM115 - read outside the lock, through this descriptor
         folder, name = os.path.split(self.base)
-        temporary = os.path.join(folder, f".{name}.{os.getpid()}.{ino}.gz-tmp")
+        temporary = os.path.join(folder, f".{name}.{os.getpid()}.{identity[1]}.gz-tmp")
         try:
             with source, open(temporary, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb") as packed:
                 shutil.copyfileobj(source, packed, 1 << 20)
             if self.chmod is not None:
                 os.chmod(temporary, self.chmod)
             with self.locked():
-                path = self._find(dev, ino)  # it may have been shifted, or deleted, meanwhile
-                if path is None:
-                    os.remove(temporary)
-                else:
-                    os.replace(temporary, path)
+                found = self._find(identity)  # it may have been shifted, or deleted, meanwhile
+                if found is not None:
+                    os.replace(temporary, found[0])
+                    return
+                grown = self._find(identity, exact=False)
+                if grown is not None and not is_gzip(grown[0]):
+                    with self._cond:  # a late line was appended while we compressed: again
+                        self._queue.append(_identity(grown[1]))
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(temporary)

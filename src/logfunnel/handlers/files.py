@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import logging
 import logging.handlers
+import math
 import os
 import re
 import stat
@@ -30,7 +31,7 @@ from typing import Any
 
 from .. import _wire
 from .._exit import at_exit
-from ._compress import Compressor
+from ._compress import Compressor, append_file, append_text
 
 __all__ = [
     "LockedFileHandler",
@@ -128,7 +129,7 @@ class _Locked:
         self._woken = False
         self._flusher: threading.Thread | None = None
         self._closing = False
-        at_exit(_flush_all)
+        self._exit_hooked = False  # registered at the first line this process writes
 
     def _after_fork_in_child(self) -> None:
         stream = getattr(self, "stream", None)
@@ -193,6 +194,9 @@ class _Locked:
             with self.lock:
                 if self._pid != os.getpid():
                     self._after_fork_in_child()
+                if not self._exit_hooked:
+                    at_exit(_flush_all)
+                    self._exit_hooked = True
                 item = (self._render(record) + self.terminator, record.created)
                 # Nothing queued and nobody writing, here or in another process: write it now.
                 if not self._pending and self._writing.acquire(blocking=False):
@@ -206,7 +210,7 @@ class _Locked:
                     finally:
                         self._writing.release()
                 self._pending.append(item)
-            if record.levelno >= logging.ERROR:
+            if isinstance(record.levelno, int) and record.levelno >= logging.ERROR:
                 self._flush_pending(block=True)
             elif not self._woken:
                 self._wake_flusher()
@@ -241,7 +245,11 @@ class _Locked:
         if self._pid == os.getpid():
             self._closing = True
             self._flush_pending(block=True)
+            flusher = self._flusher
             self._wake_flusher()
+            if flusher is not None and flusher is not threading.current_thread():
+                flusher.join(30.0)  # it leaves once closing and nothing is queued
+            self._flush_pending(block=True)
             if self._compressor is not None:
                 self._compressor.wait(60.0)
         logging.FileHandler.close(self)  # type: ignore[arg-type]
@@ -257,12 +265,18 @@ class _Locked:
                 self._lockfile.release()
 
     def _flush_pending(self, block: bool) -> bool:
-        """Write the queue if this process's writer and the file lock are free (or wait for them)."""
-        if not self._pending:
+        """Write the queue if this process's writer and the file lock are free (or wait for them).
+
+        Waiting also waits for a batch another thread of ours has taken and is writing, so that a
+        flush() or close() returns only once every line handed over so far is in the file.
+        """
+        if not block and not self._pending:
             return True
         if not self._writing.acquire(blocking=block):
             return False
         try:
+            if not self._pending:
+                return True  # any batch in flight was written before we got _writing
             if not self._lockfile.acquire(block):
                 return False
             try:
@@ -469,13 +483,19 @@ class LockedRotatingFileHandler(_Locked, logging.handlers.RotatingFileHandler):
             self.stream = None
         # One directory listing instead of an exists() per possible backup: with a large
         # backupCount the standard library's loop makes thousands of system calls per rollover.
-        folder = os.path.dirname(self.baseFilename)
-        present = {os.path.join(folder, name) for name in os.listdir(folder or ".")}
+        # A namer may put backups elsewhere: list their folder too, and ask about any other.
+        folders = {os.path.dirname(self.rotation_filename(f"{self.baseFilename}.{i}")) for i in (1, 2)}
+        folders.add(os.path.dirname(self.baseFilename))
+        present = {os.path.join(f, name) for f in folders for name in os.listdir(f or ".")}
+
+        def exists(path: str) -> bool:
+            return path in present if os.path.dirname(path) in folders else os.path.exists(path)
+
         for i in range(self.backupCount - 1, 0, -1):
             source = self.rotation_filename(f"{self.baseFilename}.{i}")
-            if source in present:
+            if exists(source):
                 dest = self.rotation_filename(f"{self.baseFilename}.{i + 1}")
-                if dest in present:
+                if exists(dest):
                     os.remove(dest)
                 os.rename(source, dest)
                 present.add(dest)
@@ -517,7 +537,9 @@ class LockedTimedRotatingFileHandler(_Locked, logging.handlers.TimedRotatingFile
             self, filename, when, interval, backupCount, encoding, delay, utc, atTime, errors
         )
         self._locked_init(chmod, lock_file, compress)
-        self._adopted = False
+        folder, name = os.path.split(self.baseFilename)
+        # The shared schedule belongs to this log, even where several logs share one lock file.
+        self._schedule = _LockFile(os.path.join(folder, f".{name}.schedule"), chmod)
 
     def doRollover(self) -> None:
         with self._locked():
@@ -539,8 +561,9 @@ class LockedTimedRotatingFileHandler(_Locked, logging.handlers.TimedRotatingFile
         return [os.path.join(folder, entry) for entry in backups[: len(backups) - self.backupCount]]
 
     def _write_items(self, items: list[Item], size: int) -> None:
-        if not self._adopted:
-            self._adopt_schedule()
+        # Another process may have rotated since our last batch: take the schedule as it is now, or
+        # a line from the interval it closed would land in the new file.
+        self._adopt_schedule()
         chunk: list[str] = []
         for text, created in items:
             if created >= self.rolloverAt:
@@ -550,18 +573,31 @@ class LockedTimedRotatingFileHandler(_Locked, logging.handlers.TimedRotatingFile
                 self._adopt_schedule()
                 if created >= self.rolloverAt:
                     self._rollover(created)
+            elif created < self.rolloverAt - self.interval and self._write_late(text, created):
+                continue
             chunk.append(text)
         if chunk:
             self._write_text(chunk)
 
+    def _write_late(self, text: str, created: float) -> bool:
+        """A line whose interval was rotated while it waited (in our queue, or another process
+        rotated first) joins the backup of its own interval, if that backup still exists."""
+        periods = math.ceil((self.rolloverAt - created) / self.interval)
+        start = self.rolloverAt - periods * self.interval
+        time_tuple = time.gmtime(start) if self.utc else time.localtime(start)
+        dest = self.rotation_filename(self.baseFilename + "." + time.strftime(self.suffix, time_tuple))
+        if not os.path.exists(dest):
+            return False
+        append_text(dest, text.encode(self.stream.encoding, self.stream.errors or "strict"))
+        return True
+
     def _adopt_schedule(self) -> None:
         """Take the shared next rollover time, or publish ours if we are the first."""
-        shared = self._lockfile.read_state()
+        shared = self._schedule.read_state()
         if shared.isdigit():
             self.rolloverAt = int(shared)
         else:
-            self._lockfile.write_state(str(int(self.rolloverAt)))
-        self._adopted = True
+            self._schedule.write_state(str(int(self.rolloverAt)))
 
     def _rollover(self, now: float) -> None:
         # The standard library's doRollover with the lock held, keyed by the shared schedule.
@@ -579,7 +615,7 @@ class LockedTimedRotatingFileHandler(_Locked, logging.handlers.TimedRotatingFile
         dest = self.rotation_filename(self.baseFilename + "." + time.strftime(self.suffix, time_tuple))
         if os.path.exists(self.baseFilename) and os.path.getsize(self.baseFilename) > 0:
             if os.path.exists(dest):
-                _append_file(self.baseFilename, dest)  # never overwrite a backup
+                append_file(self.baseFilename, dest)  # never overwrite a backup
             else:
                 self.rotate(self.baseFilename, dest)
         if self.backupCount > 0:
@@ -595,11 +631,4 @@ class LockedTimedRotatingFileHandler(_Locked, logging.handlers.TimedRotatingFile
             if time.localtime(current)[-1] != dst_at_rollover:
                 following += -3600 if not dst_at_rollover else 3600
         self.rolloverAt = following
-        self._lockfile.write_state(str(int(following)))
-
-
-def _append_file(source: str, dest: str) -> None:
-    with open(source, "rb") as src, open(dest, "ab") as out:
-        while chunk := src.read(1 << 20):
-            out.write(chunk)
-    os.remove(source)
+        self._schedule.write_state(str(int(following)))
