@@ -371,47 +371,36 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class LockedFileHandler(_Locked, logging.FileHandler):
+class _LockedPlain(_Locked):
+    """The constructor that FileHandler and WatchedFileHandler share, plus the lock's options."""
+
+    def __init__(
+        self,
+        filename: str | os.PathLike[str],
+        mode: str = "a",
+        encoding: str | None = None,
+        delay: bool = False,
+        errors: str | None = None,
+        *,
+        chmod: int | None = None,
+        lock_file: str | None = None,
+    ) -> None:
+        self.chmod = chmod
+        super().__init__(filename, mode, encoding, delay, errors)  # type: ignore[call-arg]
+        self._locked_init(chmod, lock_file)
+
+
+class LockedFileHandler(_LockedPlain, logging.FileHandler):
     """``logging.FileHandler``, safe when several processes append to the same file.
 
     *chmod* sets the permissions of a file the handler creates; *lock_file* is where the lock lives
     (by default ``.<name>.lock`` beside the log).
     """
 
-    def __init__(
-        self,
-        filename: str | os.PathLike[str],
-        mode: str = "a",
-        encoding: str | None = None,
-        delay: bool = False,
-        errors: str | None = None,
-        *,
-        chmod: int | None = None,
-        lock_file: str | None = None,
-    ) -> None:
-        self.chmod = chmod
-        logging.FileHandler.__init__(self, filename, mode, encoding, delay, errors)
-        self._locked_init(chmod, lock_file)
 
-
-class LockedWatchedFileHandler(_Locked, logging.handlers.WatchedFileHandler):
+class LockedWatchedFileHandler(_LockedPlain, logging.handlers.WatchedFileHandler):
     """``logging.handlers.WatchedFileHandler`` for many processes: a file moved away (logrotate) is
     noticed under the lock before every write, and reopened."""
-
-    def __init__(
-        self,
-        filename: str | os.PathLike[str],
-        mode: str = "a",
-        encoding: str | None = None,
-        delay: bool = False,
-        errors: str | None = None,
-        *,
-        chmod: int | None = None,
-        lock_file: str | None = None,
-    ) -> None:
-        self.chmod = chmod
-        logging.handlers.WatchedFileHandler.__init__(self, filename, mode, encoding, delay, errors)
-        self._locked_init(chmod, lock_file)
 
 
 class LockedRotatingFileHandler(_Locked, logging.handlers.RotatingFileHandler):
