@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from . import _sigterm, _wire
 from ._exit import at_exit
+from ._handling import UnlockedHandle
 from ._transport import QueueHandle, connect, parse_address
 
 __all__ = [
@@ -456,7 +457,7 @@ class _QueueSink:
             _banner(f"{self.dropped} log records were dropped because the queue was full")
 
 
-class FunnelHandler(logging.handlers.QueueHandler):
+class FunnelHandler(UnlockedHandle, logging.handlers.QueueHandler):
     """A ``QueueHandler`` that ships records to a logfunnel listener over the process's own connection.
 
     ``prepare()`` returns a copy of the record with the message merged with its arguments and
@@ -500,15 +501,6 @@ class FunnelHandler(logging.handlers.QueueHandler):
         if record.exc_info and not record.exc_text:
             record.exc_text = _exception_formatter.formatException(record.exc_info)
         return record
-
-    def handle(self, record: logging.LogRecord) -> logging.LogRecord | bool:  # type: ignore[override]
-        """Filter, then emit, without the handler lock: the buffer is safe for concurrent callers."""
-        rv = self.filter(record) if self.filters else True
-        if isinstance(rv, logging.LogRecord):
-            record = rv
-        if rv:
-            self.emit(record)
-        return rv
 
     def enqueue(self, record: logging.LogRecord) -> None:
         """Append *record* to the buffer; for ERROR and above, wait until it is on the wire."""

@@ -31,6 +31,7 @@ from typing import Any
 
 from .. import _wire
 from .._exit import at_exit
+from .._handling import UnlockedHandle
 from ._compress import Compressor, append_file, append_text
 
 __all__ = [
@@ -93,7 +94,7 @@ _handlers: weakref.WeakSet[_Locked] = weakref.WeakSet()
 _orphans: list[Any] = []  # streams inherited across fork and closed under them
 
 
-class _Locked:
+class _Locked(UnlockedHandle):
     """What the four handlers share: the lock, the queue, the flusher, reopening, compression."""
 
     # Provided by logging.FileHandler and friends:
@@ -179,15 +180,6 @@ class _Locked:
             self._sync_stream()
 
     # -- emitting -------------------------------------------------------------------------------------
-
-    def handle(self, record: logging.LogRecord) -> Any:
-        """Filter, then emit; emit() takes the locks it needs for only as long as it needs them."""
-        rv = self.filter(record) if self.filters else True  # type: ignore[attr-defined]
-        if isinstance(rv, logging.LogRecord):
-            record = rv
-        if rv:
-            self.emit(record)
-        return rv
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
