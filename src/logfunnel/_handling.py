@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Any
 
-__all__ = ["UnlockedHandle"]
+__all__ = ["UnlockedHandle", "banner"]
+
+
+def banner(message: str) -> None:
+    """The toolkit's own failures go to stderr under a banner, never through the logging it serves."""
+    try:
+        sys.stderr.write(f"--- logfunnel (pid {os.getpid()}) ---\n{message}\n")
+        sys.stderr.flush()
+    except Exception:
+        pass
 
 
 class UnlockedHandle:

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import _wire, worker
+from ._handling import banner
 from ._transport import (
     CHALLENGE_SIZE,
     DIGEST_SIZE,
@@ -224,7 +225,7 @@ class LogListener(logging.handlers.QueueListener):
             if thread is not None:
                 thread.join(timeout)
                 if thread.is_alive():
-                    worker._banner(f"the log listener did not finish draining within {timeout} s")  # noqa: SLF001
+                    banner(f"the log listener did not finish draining within {timeout} s")
             self._thread = None
         self._unwrap()
         self._close_server()
@@ -346,7 +347,7 @@ class LogListener(logging.handlers.QueueListener):
             else:
                 self._deliver(record, self.handlers)
         except Exception as exc:
-            worker._banner(f"could not report {record.getMessage()!r}: {exc!r}")  # noqa: SLF001
+            banner(f"could not report {record.getMessage()!r}: {exc!r}")
 
     def _dispatch(
         self, levels: list[int], lines: list[list[str | None]], records: list[dict[str, Any]] | None
@@ -432,7 +433,7 @@ class LogListener(logging.handlers.QueueListener):
                 self._expire(selector, connections)
             self._drain(selector, connections)
         except Exception as exc:  # the listener must never die silently
-            worker._banner(f"the log listener failed: {exc!r}")  # noqa: SLF001
+            banner(f"the log listener failed: {exc!r}")
             raise
         finally:
             for conn in list(connections.values()):  # workers still alive: nothing about them is final
@@ -479,7 +480,7 @@ class LogListener(logging.handlers.QueueListener):
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                worker._banner(f"accept() failed: {exc}")  # noqa: SLF001
+                banner(f"accept() failed: {exc}")
                 return
             sock.setblocking(False)
             conn = _Connection(sock)
@@ -577,7 +578,7 @@ class LogListener(logging.handlers.QueueListener):
         if reason is not None:
             self._rejected += 1
             who = f"process {conn.process.pid}" if conn.process else "a peer"
-            worker._banner(f"closed the connection of {who}: {reason}")  # noqa: SLF001
+            banner(f"closed the connection of {who}: {reason}")
         process = conn.process
         if process is not None and process.state == "connected" and not shutting_down:
             process.state = "vanished"
@@ -644,7 +645,7 @@ class LogListener(logging.handlers.QueueListener):
                 try:
                     self._dispatch(levels, lines, records)
                 except Exception as exc:  # a failing handler must not take the listener down
-                    worker._banner(f"handling a batch of {count} records failed: {exc!r}")  # noqa: SLF001
+                    banner(f"handling a batch of {count} records failed: {exc!r}")
             if (
                 process.dropped > process.warned_dropped
                 and time.monotonic() - process.warned_at > _WARN_INTERVAL
@@ -693,7 +694,7 @@ class LogListener(logging.handlers.QueueListener):
                 try:
                     record = self.dequeue(True)
                 except (EOFError, OSError) as exc:
-                    worker._banner(f"the log queue broke: {exc!r}")  # noqa: SLF001
+                    banner(f"the log queue broke: {exc!r}")
                     return
                 if record is self._sentinel:
                     if has_task_done:
@@ -703,7 +704,7 @@ class LogListener(logging.handlers.QueueListener):
                 try:
                     self.handle(record)
                 except Exception as exc:
-                    worker._banner(f"handling a record failed: {exc!r}")  # noqa: SLF001
+                    banner(f"handling a record failed: {exc!r}")
                 if has_task_done:
                     q.task_done()
         finally:

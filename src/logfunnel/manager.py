@@ -28,7 +28,7 @@ import dill
 import multiprocess
 import psutil
 
-from . import worker
+from ._handling import banner
 from ._transport import QueueHandle, publish, withdraw
 from .listener import LogListener
 
@@ -151,7 +151,7 @@ def _serve(
         except (EOFError, OSError):
             break  # the parent closed its end: it is gone, or it gave up on us
         if (direct_child and os.getppid() != parent_pid) or not _alive(parent):
-            worker._banner(f"the parent {parent_pid} is gone; draining and exiting")  # noqa: SLF001
+            banner(f"the parent {parent_pid} is gone; draining and exiting")
             break
     listener.stop()
     final = health(listener)
@@ -284,7 +284,7 @@ class LogManager:
                 pass  # it is already gone
             self._process.join(timeout if timeout is not None else 30)
             if self._process.is_alive():
-                worker._banner(f"the log manager (pid {self.pid}) did not exit; killing it")  # noqa: SLF001
+                banner(f"the log manager (pid {self.pid}) did not exit; killing it")
                 self._process.kill()
                 self._process.join(5)
             self._conn.close()

@@ -8,26 +8,23 @@ above are on the wire before ``emit`` returns, so a crash's last words arrive.
 
 from __future__ import annotations
 
-import collections
 import logging
 import logging.handlers
 import multiprocessing
 import multiprocessing.queues
 import multiprocessing.util
 import os
-import pickle
 import queue as queue_module
-import socket
 import sys
 import threading
 import time
-import weakref
 from typing import Any, Literal
 
-from . import _sigterm, _wire
+from . import _sigterm
 from ._exit import at_exit
 from ._handling import UnlockedHandle
-from ._transport import QueueHandle, connect, parse_address
+from ._sink import QueueSink, SocketSink
+from ._transport import QueueHandle, parse_address
 
 __all__ = [
     "FunnelHandler",
@@ -40,421 +37,10 @@ OnFull = Literal["block", "drop"]
 
 #: How long an exit hook waits for buffered records to reach the listener.
 EXIT_TIMEOUT = 5.0
-_BATCH_BYTES = 4 * 1024 * 1024
-_RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
 _exception_formatter = logging.Formatter()
 # Threads that run a listener in this process; a FunnelHandler ignores their records, which would
 # otherwise travel back to the listener that is handling them, forever.
 listener_threads: set[int] = set()
-
-
-def _banner(message: str) -> None:
-    """The toolkit's own failures go to stderr, never through the logging it serves."""
-    try:
-        sys.stderr.write(f"--- logfunnel (pid {os.getpid()}) ---\n{message}\n")
-        sys.stderr.flush()
-    except Exception:
-        pass
-
-
-class _SocketSink:
-    """Buffer, sender thread and connection of one process; rebuilt in a child after ``fork``."""
-
-    def __init__(self, handle: QueueHandle, handler: FunnelHandler) -> None:
-        self.handle = handle
-        self._handler = weakref.ref(handler)
-        self._capacity = handler.capacity
-        self._block = handler.on_full == "block"
-        self._block_timeout = handler.block_timeout
-        self._reset()
-        _sinks.add(self)
-
-    def _reset(self) -> None:
-        # Called in __init__ and in a child after fork: nothing inherited from the parent survives,
-        # neither its records (the parent still owns them) nor its locks, thread or connection.
-        self._pid = os.getpid()
-        self._lock = threading.RLock()  # re-entrant: a SIGTERM handler may flush mid-append
-        self._work = threading.Condition(self._lock)
-        self._progress = threading.Condition(self._lock)
-        # Callers append without a lock (deque.append is atomic); the sender takes under _lock.
-        self._buffer: collections.deque[logging.LogRecord] = collections.deque()
-        self._taken = 0  # records the sender has taken; the last one's sequence number
-        self._handed = 0  # records the sender has finished with (shipped, or failed to)
-        self._dropped = 0  # records refused because the buffer was full
-        self._lost = 0  # records known never to have reached a listener
-        self._sent = 0  # the last sequence number handed to the current connection
-        self._acked = 0  # the last one the current connection's listener has handled
-        self._acks = bytearray()
-        self._sender: threading.Thread | None = None
-        self._idle = False
-        self._stalled = False  # a wait for room timed out, and no room has been made since
-        self._unreachable = False  # the last attempt to connect failed
-        self._closing = False
-        self._sock: Any = None
-        self._renderers: list[_wire.Renderer] = []
-        self._full = True
-        self._incarnation = os.urandom(8)
-        self._hooked = False
-
-    def after_fork_in_child(self) -> None:
-        sock = self._sock
-        self._reset()
-        if sock is not None:
-            try:  # close our copy of the parent's descriptor, or its listener never sees EOF
-                sock.close()
-            except OSError:
-                pass
-
-    # -- the caller's side -------------------------------------------------------------------------
-
-    def put(self, record: logging.LogRecord, wait: bool) -> None:
-        # The hot path: no lock, one append. The sender publishes _idle before it re-checks the
-        # buffer and sleeps, so a caller that sees it busy can rely on it to find the record.
-        buffer = self._buffer
-        if len(buffer) < self._capacity:
-            buffer.append(record)
-        else:
-            with self._lock:
-                if len(buffer) >= self._capacity and not self._wait_for_space():
-                    self._dropped += 1
-                    return
-                buffer.append(record)
-        if self._idle or self._sender is None:
-            with self._lock:
-                if self._sender is None:
-                    self._start_sender()
-                elif self._idle:
-                    self._work.notify()
-        if wait and not self._stalled and not self._unreachable:
-            self.flush(self._block_timeout)  # with no listener to reach, waiting cannot help
-
-    @property
-    def _stamped(self) -> int:
-        """Records accepted so far (exact under _lock): taken by the sender, or still buffered."""
-        return self._taken + len(self._buffer)
-
-    def _wait_for_space(self) -> bool:
-        # Wait once for room; if none came, drop without waiting until the sender makes room again,
-        # so a dead or stalled listener costs a worker one timeout, not one per record.
-        if not self._block or self._stalled:
-            return False
-        if self._sender is None:
-            self._start_sender()
-        deadline = time.monotonic() + self._block_timeout
-        while len(self._buffer) >= self._capacity:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._pid != os.getpid():
-                self._stalled = True
-                return False
-            self._progress.wait(remaining)
-        return True
-
-    def _start_sender(self) -> None:
-        if not self._hooked:
-            _register_exit_hooks()
-            self._hooked = True
-        self._closing = False
-        thread = threading.Thread(target=self._run, name="logfunnel-sender", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:  # interpreter shutting down: no new threads; the exit hook ships inline
-            return
-        self._sender = thread
-
-    def flush(self, timeout: float | None) -> bool:
-        """Wait until every record accepted so far has been handed to the socket; False on timeout."""
-        if self._pid != os.getpid():
-            return True
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            target = self._stamped
-            if self._sender is None and self._handed < target:
-                self._ship_inline()
-                if self._handed < target:
-                    return False  # no thread to wait for, and no listener to reach
-            while self._handed < target:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._progress.wait(remaining)
-        return True
-
-    def close(self, timeout: float | None) -> None:
-        """Ship what is buffered, tell the listener this process is done (with its totals), hang up.
-
-        The sender thread leaves once its buffer is empty and the goodbye is sent, so waiting for it
-        is the flush; records logged afterwards start a new sender and connection.
-        """
-        if self._pid != os.getpid():
-            return
-        with self._lock:
-            sender = self._sender
-            self._closing = True
-            self._work.notify()
-            if sender is None:
-                self._ship_inline()
-                self._say_goodbye()
-        if sender is not None:
-            sender.join(timeout)
-        pending = len(self._buffer)
-        if pending:
-            _banner(f"{pending} log records could not be sent to {self.handle.address} in time")
-
-    # -- the sender thread -------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        delays = iter(_RECONNECT_DELAYS)
-        while True:
-            with self._lock:
-                while not self._buffer:
-                    if self._closing:
-                        self._say_goodbye()
-                        self._sender = None
-                        self._progress.notify_all()
-                        return
-                    self._idle = True
-                    if not self._buffer:  # a caller may have appended before it saw _idle
-                        self._work.wait(1.0)
-                    self._idle = False
-            if self._sock is None and not self._connect():
-                with self._lock:
-                    if self._closing:  # exiting with no listener to reach: give up at once
-                        self._give_up()
-                        return
-                    self._work.wait(next(delays, _RECONNECT_DELAYS[-1]))
-                continue
-            delays = iter(_RECONNECT_DELAYS)
-            self._ship_some()
-
-    def _give_up(self) -> None:
-        pending = len(self._buffer)
-        self._buffer.clear()
-        self._lost += pending
-        self._taken += pending
-        self._handed += pending
-        self._sender = None
-        self._progress.notify_all()
-
-    def _ship_inline(self) -> None:
-        # For when no thread can be started (interpreter shutdown): the caller ships itself.
-        while self._buffer and (self._sock is not None or self._connect()):
-            self._ship_some()
-
-    def _ship_some(self) -> None:
-        with self._lock:
-            batch = _take(self._buffer)
-            first = self._taken + 1
-            self._taken += len(batch)
-            stamped, dropped = self._stamped, self._dropped
-            self._stalled = False
-            self._progress.notify_all()  # room in the buffer for blocked callers
-        try:
-            frames = self._encode(batch, first, stamped, dropped)
-        except Exception as exc:  # the sender thread must survive anything a record holds
-            _banner(f"{len(batch)} log records could not be encoded; sending placeholders: {exc!r}")
-            frames = self._encode([_placeholder(r, exc) for r in batch], first, stamped, dropped)
-        self._read_acks()
-        self._sent = first + len(batch) - 1
-        try:
-            self._sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
-        except OSError as exc:
-            self._hang_up(f"lost the connection to {self.handle.address} ({exc})")
-        with self._lock:
-            self._handed += len(batch)
-            self._progress.notify_all()
-
-    def _read_acks(self) -> None:
-        """Take in the listener's acknowledgements without waiting (the listener never waits either)."""
-        sock = self._sock
-        if sock is None:
-            return
-        while True:
-            try:
-                data = sock.recv(65536, socket.MSG_DONTWAIT)
-            except OSError:  # nothing to read yet, or a broken connection that the next send reports
-                break
-            if not data:
-                break
-            self._acks += data
-        acks, offset = self._acks, 0
-        while len(acks) - offset >= _wire.HEADER.size:
-            (size,) = _wire.HEADER.unpack_from(acks, offset)
-            end = offset + _wire.HEADER.size + size
-            if size > 4096:  # not an acknowledgement: ignore the rest rather than trust it
-                acks.clear()
-                return
-            if len(acks) < end:
-                break
-            try:
-                message = _wire.decode(bytes(acks[offset + _wire.HEADER.size : end]))
-            except _wire.FrameError:
-                message = None
-            offset = end
-            if (
-                type(message) is tuple
-                and len(message) == 2
-                and message[0] == _wire.ACK
-                and type(message[1]) is int
-            ):
-                self._acked = max(self._acked, message[1])
-        del acks[:offset]
-
-    def _connect(self) -> bool:
-        hello = (os.getpid(), multiprocessing.current_process().name, self._incarnation, os.getppid())
-        try:
-            sock, plan = connect(self.handle, hello)
-            self._renderers = [_wire.Renderer(spec) for spec in plan["formats"]]
-            self._full = bool(plan["full"])
-        except Exception as exc:
-            if not self._unreachable:
-                _banner(f"cannot reach the log listener at {self.handle.address}: {exc}")
-                self._unreachable = True
-            return False
-        self._unreachable = False
-        self._sock = sock
-        self._acks = bytearray()
-        self._sent = self._acked = self._taken  # earlier records belong to earlier connections
-        return True
-
-    def _hang_up(self, why: str) -> None:
-        # What this connection was given and its listener never acknowledged is lost; say how much
-        # to whichever listener comes next.
-        self._read_acks()
-        unacknowledged = max(0, self._sent - self._acked)
-        self._lost += unacknowledged
-        _banner(f"{why}; {unacknowledged} records sent but never acknowledged")
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            except OSError:
-                pass
-        self._sock = None
-
-    def _say_goodbye(self) -> None:
-        if self._sock is None:
-            return
-        try:
-            goodbye = (_wire.BYE, self._stamped, self._dropped, self._lost)
-            self._sock.sendall(_wire.frame(_wire.encode(goodbye)))
-            self._sock.close()
-        except OSError:
-            pass
-        self._sock = None
-
-    def _encode(self, batch: list[logging.LogRecord], first: int, stamped: int, dropped: int) -> list[bytes]:
-        lines = [self._render(renderer, batch) for renderer in self._renderers]
-        records = [_state(record) for record in batch] if self._full else None
-        levels = [record.levelno for record in batch]
-        message = (_wire.BATCH, first, stamped, dropped, self._lost, levels, lines, records)
-        try:
-            payload = _wire.encode(message)
-        except Exception:  # a value that is not plain (or nested too deep): send its repr instead
-            levels[:] = [_level(level) for level in levels]
-            for state in records or ():
-                state["levelno"] = _level(state.get("levelno"))
-                _wire.record_state(state)
-            payload = _wire.encode(message)
-        if len(payload) + _wire.HEADER.size <= _wire.MAX_FRAME:
-            return [_wire.frame(payload)]
-        if len(batch) > 1:
-            half = len(batch) // 2
-            return self._encode(batch[:half], first, stamped, dropped) + self._encode(
-                batch[half:], first + half, stamped, dropped
-            )
-        record = batch[0]
-        size = len(record.message)
-        record.message = (
-            record.message[: _wire.MAX_FRAME // 16] + f" [logfunnel: truncated from {size} characters]"
-        )
-        _banner(f"a log message of {size} characters exceeds the frame limit; it was truncated")
-        return self._encode(batch, first, stamped, dropped)
-
-    def _render(self, renderer: _wire.Renderer, batch: list[logging.LogRecord]) -> list[str | None]:
-        try:
-            return [renderer.format(record) for record in batch]
-        except Exception:
-            lines: list[str | None] = []
-            for record in batch:
-                try:
-                    lines.append(renderer.format(record))
-                except Exception:
-                    lines.append(None)  # what the handler would have done in the worker: report, skip
-                    handler = self._handler()
-                    if handler is not None:
-                        handler.handleError(record)
-            return lines
-
-
-def _placeholder(record: logging.LogRecord, exc: Exception) -> logging.LogRecord:
-    """A plain stand-in for a record that could not be encoded, so that it is still accounted for."""
-    level = _level(record.levelno)
-    text = f"[logfunnel: a {logging.getLevelName(level)} record could not be encoded: {exc!r}]"
-    stand_in = logging.makeLogRecord({"name": str(record.name), "levelno": level, "msg": text})
-    stand_in.levelname = logging.getLevelName(level)
-    stand_in.message = text
-    return stand_in
-
-
-def _level(level: object) -> int:
-    """A level as a plain int (an IntEnum level is an int subclass, which the wire refuses)."""
-    try:
-        return int(level)  # type: ignore[call-overload, no-any-return]
-    except Exception:
-        return logging.NOTSET
-
-
-def _state(record: logging.LogRecord) -> dict[str, Any]:
-    """The attribute dict that travels for *record*: its message merged, its exception rendered."""
-    state = record.__dict__.copy()
-    state["msg"] = record.message
-    state["args"] = None
-    state["exc_info"] = None
-    return state
-
-
-def _take(buffer: collections.deque[logging.LogRecord]) -> list[logging.LogRecord]:
-    """Remove and return the front of *buffer*, about ``_BATCH_BYTES`` of messages at most."""
-    batch = []
-    size = 0
-    popleft = buffer.popleft
-    while buffer and size < _BATCH_BYTES:
-        record = popleft()
-        batch.append(record)
-        size += len(record.message) + 200
-    return batch
-
-
-class _QueueSink:
-    """For people who already have a ``multiprocessing`` queue: put records as ``QueueHandler`` does."""
-
-    def __init__(self, queue: Any, handler: FunnelHandler) -> None:
-        self.queue = queue
-        self._block = handler.on_full == "block"
-        self._block_timeout = handler.block_timeout
-        self.dropped = 0
-
-    def put(self, record: logging.LogRecord, wait: bool) -> None:
-        state = record.__dict__
-        for key, value in state.items():  # the queue's feeder thread would drop the record silently
-            if not _wire.wire_safe(value):
-                try:
-                    pickle.dumps(value)
-                except Exception:
-                    state[key] = _wire.safe_repr(value)
-        try:
-            if self._block:
-                self.queue.put(record, True, self._block_timeout)
-            else:
-                self.queue.put_nowait(record)
-        except queue_module.Full:
-            self.dropped += 1
-
-    def flush(self, timeout: float | None) -> bool:
-        return True  # the queue's own feeder thread ships; multiprocessing joins it at exit
-
-    def close(self, timeout: float | None) -> None:
-        if self.dropped:
-            _banner(f"{self.dropped} log records were dropped because the queue was full")
 
 
 class FunnelHandler(UnlockedHandle, logging.handlers.QueueHandler):
@@ -483,11 +69,11 @@ class FunnelHandler(UnlockedHandle, logging.handlers.QueueHandler):
         self.on_full = on_full
         self.block_timeout = block_timeout
         self.capacity = capacity
-        self._sink: _SocketSink | _QueueSink
+        self._sink: SocketSink | QueueSink
         if isinstance(target, QueueHandle):
-            self._sink = _SocketSink(target, self)
+            self._sink = SocketSink(target, self, on_start=_register_exit_hooks)
         else:
-            self._sink = _QueueSink(target, self)
+            self._sink = QueueSink(target, self)
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         """Merge the message with its arguments now and render any exception to ``exc_text``.
@@ -527,7 +113,7 @@ class FunnelHandler(UnlockedHandle, logging.handlers.QueueHandler):
     def dropped(self) -> int:
         """Records this process refused because its buffer was full."""
         sink = self._sink
-        return sink._dropped if isinstance(sink, _SocketSink) else sink.dropped  # noqa: SLF001
+        return sink._dropped if isinstance(sink, SocketSink) else sink.dropped  # noqa: SLF001
 
 
 # -- what a worker may be given ---------------------------------------------------------------------
@@ -588,7 +174,6 @@ def _resolve_queue(queue: Any) -> Any:
 
 # -- process-wide state and hooks -------------------------------------------------------------------
 
-_sinks: weakref.WeakSet[_SocketSink] = weakref.WeakSet()
 _install_lock = threading.RLock()
 _hooks_pid = 0
 _flush_on_sigterm = False
@@ -599,8 +184,6 @@ def _after_fork_in_child() -> None:
     _install_lock = threading.RLock()
     _sigterm.after_fork_in_child()
     listener_threads.clear()  # the parent's listener threads are not ours; their idents get reused
-    for sink in list(_sinks):
-        sink.after_fork_in_child()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

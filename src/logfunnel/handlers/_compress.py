@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .._handling import banner
+
 __all__ = ["Compressor", "append_file", "is_gzip"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -108,9 +110,7 @@ class Compressor:
             try:
                 self._compress(identity)
             except Exception as exc:
-                from ..worker import _banner
-
-                _banner(f"could not compress a backup of {self.base}: {exc!r}")
+                banner(f"could not compress a backup of {self.base}: {exc!r}")
             finally:
                 with self._cond:
                     self._busy = False

@@ -31,7 +31,7 @@ from typing import Any
 
 from .. import _wire
 from .._exit import at_exit
-from .._handling import UnlockedHandle
+from .._handling import UnlockedHandle, banner
 from ._compress import Compressor, append_file, append_text
 
 __all__ = [
@@ -305,9 +305,7 @@ class _Locked(UnlockedHandle):
             try:
                 self._flush_pending(block=True)
             except Exception as exc:
-                from ..worker import _banner
-
-                _banner(f"could not write to {self.baseFilename}: {exc!r}")
+                banner(f"could not write to {self.baseFilename}: {exc!r}")
             if self._closing and not self._pending:
                 return
 
