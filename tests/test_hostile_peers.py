@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import logfunnel
+import logfunnel._serving
 import logfunnel.listener
 from logfunnel import _transport, _wire
 
@@ -473,7 +474,7 @@ def test_a_stalled_peer_does_not_stall_the_others(
     start_funnel: Callable[[], Funnel], monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     """While a peer sits mid-handshake, other workers connect and deliver everything."""
-    monkeypatch.setattr(logfunnel.listener, "HANDSHAKE_TIMEOUT", 3600.0)  # the staller outlives the test
+    monkeypatch.setattr(logfunnel._serving, "HANDSHAKE_TIMEOUT", 3600.0)  # the staller outlives the test
     funnel = start_funnel()
     stalled = STALLERS[name](funnel)
     try:
@@ -505,7 +506,7 @@ def test_a_stalled_peer_is_closed_after_the_handshake_timeout(
     name: str,
 ) -> None:
     """A peer that never completes the handshake is closed and counted once the timeout passes."""
-    monkeypatch.setattr(logfunnel.listener, "HANDSHAKE_TIMEOUT", 0.5)
+    monkeypatch.setattr(logfunnel._serving, "HANDSHAKE_TIMEOUT", 0.5)
     _check_survives(start_funnel, capfd, STALLERS[name], _PRE_AUTH, r"no handshake within 0\.5 s")
 
 
@@ -513,7 +514,7 @@ def test_an_authenticated_peer_is_not_timed_out(
     start_funnel: Callable[[], Funnel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The handshake timeout applies to the handshake only: an idle worker keeps its connection."""
-    monkeypatch.setattr(logfunnel.listener, "HANDSHAKE_TIMEOUT", 0.5)
+    monkeypatch.setattr(logfunnel._serving, "HANDSHAKE_TIMEOUT", 0.5)
     funnel = start_funnel()
     idle = GoodWorker(funnel.queue, "idle")
     # A silent peer accepted after "idle" is the clock: once the listener has closed it for its
@@ -564,7 +565,7 @@ def test_a_real_worker_delivers_everything_while_under_attack(
     start_funnel: Callable[[], Funnel], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A forked worker using install_worker_logging loses nothing while hostile peers come and go."""
-    monkeypatch.setattr(logfunnel.listener, "HANDSHAKE_TIMEOUT", 3600.0)
+    monkeypatch.setattr(logfunnel._serving, "HANDSHAKE_TIMEOUT", 3600.0)
     funnel = start_funnel()
     marker = tmp_path / "pwned"
     stalled = [make(funnel) for make in STALLERS.values()]
