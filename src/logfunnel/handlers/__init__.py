@@ -7,12 +7,8 @@ replacing ``logging.handlers.RotatingFileHandler`` is a one-word change, in code
 
 from __future__ import annotations
 
-from .files import (
-    LockedFileHandler,
-    LockedRotatingFileHandler,
-    LockedTimedRotatingFileHandler,
-    LockedWatchedFileHandler,
-)
+from .files import LockedFileHandler, LockedRotatingFileHandler, LockedWatchedFileHandler
+from .timed import LockedTimedRotatingFileHandler
 
 __all__ = [
     "LockedFileHandler",

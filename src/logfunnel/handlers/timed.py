@@ -1,0 +1,150 @@
+"""``LockedTimedRotatingFileHandler``: timed rotation that many processes agree on.
+
+The processes share one schedule, kept in ``.<name>.schedule`` beside the log and read under the lock
+at every batch: whichever first writes a line from a new interval rotates, for everyone, including
+processes that start later or slept across the boundary. A line goes to the file of the interval it
+was logged in, and no backup is ever overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import logging.handlers
+import math
+import os
+import re
+import time
+from typing import Any
+
+from ._compress import append_file, append_text
+from .files import Item, _Locked, _LockFile
+
+__all__ = ["LockedTimedRotatingFileHandler"]
+
+
+class LockedTimedRotatingFileHandler(_Locked, logging.handlers.TimedRotatingFileHandler):
+    """``logging.handlers.TimedRotatingFileHandler`` for many processes.
+
+    The processes share one schedule, kept beside the lock: whichever first writes a line from a new
+    interval rotates, for everyone, including processes that start later or slept across the
+    boundary. A line goes to the file of the interval it was logged in. No backup is ever overwritten:
+    if one exists already for an interval, the file is appended to it.
+    """
+
+    def __init__(
+        self,
+        filename: str | os.PathLike[str],
+        when: str = "h",
+        interval: int = 1,
+        backupCount: int = 0,
+        encoding: str | None = None,
+        delay: bool = False,
+        utc: bool = False,
+        atTime: Any = None,
+        errors: str | None = None,
+        *,
+        compress: bool = False,
+        chmod: int | None = None,
+        lock_file: str | None = None,
+    ) -> None:
+        self.chmod = chmod
+        logging.handlers.TimedRotatingFileHandler.__init__(
+            self, filename, when, interval, backupCount, encoding, delay, utc, atTime, errors
+        )
+        self._locked_init(chmod, lock_file, compress)
+        folder, name = os.path.split(self.baseFilename)
+        # The shared schedule belongs to this log, even where several logs share one lock file.
+        self._schedule = _LockFile(os.path.join(folder, f".{name}.schedule"), chmod)
+
+    def doRollover(self) -> None:
+        with self._locked():
+            self._sync_stream()
+            self._rollover(time.time())
+
+    def getFilesToDelete(self) -> list[str]:
+        """The oldest backups beyond backupCount. With compression the names end in .gz, which the
+        standard library's matching does not accept on every version, so they are matched here."""
+        if not self.compress or callable(self.namer):
+            return super().getFilesToDelete()
+        folder, name = os.path.split(self.baseFilename)
+        digits = {"%Y": r"\d{4}"}
+        stamp = re.sub(r"%[YmdHMS]", lambda m: digits.get(m.group(), r"\d{2}"), re.escape(self.suffix))
+        pattern = re.compile(re.escape(name + ".") + stamp + r"(\.gz)?")
+        backups = sorted(entry for entry in os.listdir(folder or ".") if pattern.fullmatch(entry))
+        if len(backups) <= self.backupCount:
+            return []
+        return [os.path.join(folder, entry) for entry in backups[: len(backups) - self.backupCount]]
+
+    def _write_items(self, items: list[Item], size: int) -> None:
+        # Another process may have rotated since our last batch: take the schedule as it is now, or
+        # a line from the interval it closed would land in the new file.
+        self._adopt_schedule()
+        chunk: list[str] = []
+        for text, created in items:
+            if created >= self.rolloverAt:
+                if chunk:
+                    self._write_text(chunk)
+                    chunk = []
+                self._adopt_schedule()
+                if created >= self.rolloverAt:
+                    self._rollover(created)
+            elif created < self.rolloverAt - self.interval and self._write_late(text, created):
+                continue
+            chunk.append(text)
+        if chunk:
+            self._write_text(chunk)
+
+    def _write_late(self, text: str, created: float) -> bool:
+        """A line whose interval was rotated while it waited (in our queue, or another process
+        rotated first) joins the backup of its own interval, if that backup still exists."""
+        periods = math.ceil((self.rolloverAt - created) / self.interval)
+        start = self.rolloverAt - periods * self.interval
+        time_tuple = time.gmtime(start) if self.utc else time.localtime(start)
+        dest = self.rotation_filename(self.baseFilename + "." + time.strftime(self.suffix, time_tuple))
+        if not os.path.exists(dest):
+            return False
+        append_text(dest, text.encode(self.stream.encoding, self.stream.errors or "strict"))
+        return True
+
+    def _adopt_schedule(self) -> None:
+        """Take the shared next rollover time, or publish ours if we are the first."""
+        shared = self._schedule.read_state()
+        if shared.isdigit():
+            self.rolloverAt = int(shared)
+        else:
+            self._schedule.write_state(str(int(self.rolloverAt)))
+
+    def _rollover(self, now: float) -> None:
+        # The standard library's doRollover with the lock held, keyed by the shared schedule.
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+        current = int(now)
+        start = self.rolloverAt - self.interval
+        time_tuple = time.gmtime(start) if self.utc else time.localtime(start)
+        if not self.utc:
+            dst_now = time.localtime(current)[-1]
+            dst_then = time_tuple[-1]
+            if dst_now != dst_then:
+                time_tuple = time.localtime(start + (3600 if dst_now else -3600))
+        dest = self.rotation_filename(self.baseFilename + "." + time.strftime(self.suffix, time_tuple))
+        if os.path.exists(self.baseFilename) and os.path.getsize(self.baseFilename) > 0:
+            if os.path.exists(dest):
+                append_file(self.baseFilename, dest)  # never overwrite a backup
+            else:
+                self.rotate(self.baseFilename, dest)
+        if self.backupCount > 0:
+            for old in self.getFilesToDelete():
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(old)
+        self.stream = self._open()
+        following = self.computeRollover(current)
+        while following <= current:
+            following += self.interval
+        if (self.when == "MIDNIGHT" or self.when.startswith("W")) and not self.utc:
+            dst_at_rollover = time.localtime(following)[-1]
+            if time.localtime(current)[-1] != dst_at_rollover:
+                following += -3600 if not dst_at_rollover else 3600
+        self.rolloverAt = following
+        self._schedule.write_state(str(int(following)))
