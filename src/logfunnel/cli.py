@@ -100,7 +100,6 @@ def demo(workers: int = 4, seconds: float = 3.0, directory: str = "logfunnel-dem
             results = pending.get()
             pool.close()
             pool.join()
-        listener.stop()
     finally:
         listener.stop()
         handler.close()

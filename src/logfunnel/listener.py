@@ -123,6 +123,7 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         self._slow: list[logging.Handler] = []
         self._wrapped: list[tuple[logging.Handler, _Prerendered]] = []
         self._plan: dict[str, Any] = {"formats": [], "full": True, "level": self.level}
+        self._seams = False
 
     # -- life cycle --------------------------------------------------------------------------------
 
@@ -222,7 +223,8 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         # Decide, once, what the workers render (see _wire.Renderer). A plain Stream/FileHandler
         # gets whole batches of rendered lines; another handler with a plain Formatter gets records
         # whose formatting is already done; the rest get records, as from QueueListener.
-        plain = bool(self.handlers) and not self._seams_overridden()
+        self._seams = self._seams_overridden()  # fixed for the listener's life: decide once
+        plain = bool(self.handlers) and not self._seams
         specs: list[_wire.Spec] = []
         self._fast, self._slow, self._wrapped = [], [], []
         for handler in self.handlers:
@@ -272,7 +274,7 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         """A record of the listener's own (a loss report) through the same handlers."""
         record = logging.LogRecord("logfunnel", level, __file__, 0, message, args, None, "listener")
         try:
-            if self._seams_overridden():
+            if self._seams:
                 self.handle(record)
             else:
                 self._deliver(record, self.handlers)
@@ -293,7 +295,7 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
                 self._write_lines(handler, chosen)  # type: ignore[arg-type]
         if records is None:
             return
-        seams = self._seams_overridden()
+        seams = self._seams
         if not seams and not self._slow and self.handlers:
             return
         record: logging.LogRecord

@@ -12,6 +12,7 @@ but not their locks or open streams: each gets a fresh lock, and files are reope
 from __future__ import annotations
 
 import atexit
+import io
 import logging
 import logging.config
 import os
@@ -78,8 +79,6 @@ class _HandlerPickler(dill.Pickler):  # type: ignore[misc]
 
 
 def _dump_handlers(handlers: list[logging.Handler]) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     _HandlerPickler(buffer, recurse=True).dump(handlers)
     return buffer.getvalue()

@@ -99,9 +99,9 @@ class _Locked(UnlockedHandle):
     filters: list[Any]
     encoding: str | None
     errors: str | None
+    chmod: int | None  # set by each constructor, before the standard library's opens the file
 
     def _locked_init(self, chmod: int | None, lock_file: str | None, compress: bool = False) -> None:
-        self.chmod = chmod
         self.compress = compress
         folder, name = os.path.split(self.baseFilename)
         self.lock_file = os.path.abspath(lock_file) if lock_file else os.path.join(folder, f".{name}.lock")
