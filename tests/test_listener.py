@@ -100,12 +100,14 @@ def test_without_handlers_records_follow_this_process_logging_configuration():
     """handlers=None routes each record through logging.getLogger(record.name), per-logger handlers too."""
     app, other = Collect(), Collect()
     logging.getLogger("app").addHandler(app)
+    logging.getLogger("app").setLevel(logging.DEBUG)
     logging.getLogger("other").addHandler(other)
     try:
         with logfunnel.start_listener() as listener:
             _run_child(_log_levels, listener.queue)
     finally:
         logging.getLogger("app").removeHandler(app)
+        logging.getLogger("app").setLevel(logging.NOTSET)
         logging.getLogger("other").removeHandler(other)
     assert [r.getMessage() for r in app.records] == ["at DEBUG", "at INFO", "at WARNING", "at ERROR"]
     assert other.records == []

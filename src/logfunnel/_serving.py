@@ -95,7 +95,7 @@ class SocketServing:
     """The socket read loop of a ``LogListener`` (a mixin: the listener provides what it declares)."""
 
     _server: socket.socket | None
-    _wake_r: socket.socket
+    _wake_r: socket.socket | None
     _authkey: bytes
     _plan: dict[str, Any]
     _processes: dict[tuple[int, bytes], _Process]
@@ -104,6 +104,7 @@ class SocketServing:
     _rejected: int
     _stopping: bool
     max_frame: int
+    _welcome_plan: Callable[[], dict[str, Any]]
     _dispatch: Callable[[list[int], list[list[str | None]], list[dict[str, Any]] | None], None]
     _emit_local: Callable[..., None]
 
@@ -116,6 +117,7 @@ class SocketServing:
         self._connections = connections
         assert self._server is not None
         self._server.setblocking(False)
+        assert self._wake_r is not None
         self._wake_r.setblocking(False)
         selector.register(self._server, selectors.EVENT_READ, None)
         selector.register(self._wake_r, selectors.EVENT_READ, "wake")
@@ -141,7 +143,7 @@ class SocketServing:
 
     def _drain_wake(self) -> None:
         try:
-            while self._wake_r.recv(4096):
+            while self._wake_r is not None and self._wake_r.recv(4096):
                 pass
         except OSError:
             pass
@@ -300,7 +302,7 @@ class SocketServing:
         pid, name, incarnation, ppid = hello
         welcome = _wire.frame(
             answer(self._authkey, payload[DIGEST_SIZE : DIGEST_SIZE + CHALLENGE_SIZE])
-            + _wire.encode(self._plan)
+            + _wire.encode(self._welcome_plan())
         )
         try:
             conn.sock.setblocking(True)

@@ -23,20 +23,28 @@ from typing import Any
 
 from . import _wire
 from ._handling import banner
-from ._transport import QueueHandle, connect
+from ._transport import HANDSHAKE_TIMEOUT, QueueHandle, connect
 
 __all__ = ["QueueSink", "SocketSink", "sinks"]
 
 _BATCH_BYTES = 4 * 1024 * 1024
 _RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
+_INSTALL_CONNECT_TIMEOUT = 2.0  # a listener busier than this at install is joined by the sender later
 
 
 class SocketSink:
     """Buffer, sender thread and connection of one process; rebuilt in a child after ``fork``."""
 
-    def __init__(self, handle: QueueHandle, handler: Any, on_start: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        handle: QueueHandle,
+        handler: Any,
+        on_start: Callable[[], None],
+        on_plan: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.handle = handle
         self._on_start = on_start  # the worker's exit hooks, registered once this process sends
+        self._on_plan = on_plan  # applies the levels the listener asks for
         self._handler = weakref.ref(handler)
         self._capacity = handler.capacity
         self._block = handler.on_full == "block"
@@ -135,6 +143,14 @@ class SocketSink:
         except RuntimeError:  # interpreter shutting down: no new threads; the exit hook ships inline
             return
         self._sender = thread
+
+    def connect_now(self) -> bool:
+        """Open the connection from the calling thread (once, at install), so that the listener's
+        levels apply before the first record is made and a wrong address is reported at once."""
+        with self._lock:
+            if self._sock is None and self._pid == os.getpid():
+                self._connect(_INSTALL_CONNECT_TIMEOUT)
+            return self._sock is not None
 
     def flush(self, timeout: float | None) -> bool:
         """Wait until every record accepted so far has been handed to the socket; False on timeout."""
@@ -274,17 +290,27 @@ class SocketSink:
                 self._acked = max(self._acked, message[1])
         del acks[:offset]
 
-    def _connect(self) -> bool:
+    def _connect(self, timeout: float | None = None) -> bool:
         hello = (os.getpid(), multiprocessing.current_process().name, self._incarnation, os.getppid())
         try:
-            sock, plan = connect(self.handle, hello)
+            sock, plan = connect(self.handle, hello, timeout or HANDSHAKE_TIMEOUT)
             self._renderers = [_wire.Renderer(spec) for spec in plan["formats"]]
             self._full = bool(plan["full"])
         except Exception as exc:
+            if timeout is not None and isinstance(exc, TimeoutError):
+                return False  # a busy listener, not a wrong address: the sender tries again later
             if not self._unreachable:
-                banner(f"cannot reach the log listener at {self.handle.address}: {exc}")
+                banner(
+                    f"cannot reach the log listener at {self.handle.address}: {exc}; records wait in "
+                    f"this process's buffer (at most {self._capacity}) and are sent once it answers"
+                )
                 self._unreachable = True
             return False
+        if self._on_plan is not None:
+            try:
+                self._on_plan(plan)
+            except Exception as exc:
+                banner(f"could not apply the log listener's levels: {exc!r}")
         self._unreachable = False
         self._sock = sock
         self._acks = bytearray()

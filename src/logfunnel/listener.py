@@ -11,6 +11,7 @@ Given a ``multiprocessing`` queue instead, a ``LogListener`` reads it like ``Que
 
 from __future__ import annotations
 
+import atexit
 import logging
 import logging.handlers
 import os
@@ -18,6 +19,7 @@ import shutil
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,6 +36,37 @@ from ._transport import (
 __all__ = ["LogListener", "start_listener"]
 
 _FAST_TYPES = (logging.StreamHandler, logging.FileHandler)
+
+
+#: How long a listener left running drains at interpreter exit before it gives up.
+EXIT_DRAIN_TIMEOUT = 5.0
+_running: weakref.WeakSet[LogListener] = weakref.WeakSet()
+
+
+def _release(server: socket.socket | None, private_dir: str | None, address: str | None, owner: int) -> None:
+    """Close a listener's server socket and remove its socket file and private folder (once)."""
+    if server is None:
+        return
+    server.close()
+    if owner != os.getpid():
+        return  # a fork child's copy: the files belong to the parent's listener
+    if private_dir:
+        shutil.rmtree(private_dir, ignore_errors=True)
+    elif address and address.startswith("unix:"):
+        try:
+            os.unlink(address[len("unix:") :])
+        except OSError:
+            pass
+
+
+def _stop_running() -> None:
+    # A listener started and never stopped still handles what its workers sent before exit.
+    for listener in list(_running):
+        if listener._owner == os.getpid():  # noqa: SLF001
+            listener.stop(timeout=EXIT_DRAIN_TIMEOUT)
+
+
+atexit.register(_stop_running)
 
 
 def _new_record(state: dict[str, Any]) -> logging.LogRecord:
@@ -107,12 +140,19 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         self._private_dir: str | None = None
         self._authkey = authkey or os.urandom(32)
         self.queue: Any
+        self._wake_r: socket.socket | None = None  # made at start: a listener never started holds none
+        self._wake_w: socket.socket | None = None
         if queue is None:
             self._server, self.address, self._private_dir = create_server(address)
             self.queue = QueueHandle(self.address, self._authkey)
+        # Whatever happens to this object (never started, never stopped, start() failed), its socket
+        # file and private folder go when it does, or at the latest when the interpreter exits.
+        self._owner = os.getpid()
+        self._cleanup = weakref.finalize(
+            self, _release, self._server, self._private_dir, self.address, self._owner
+        )
         self._state = "new"
         self._stopping = False
-        self._wake_r, self._wake_w = socket.socketpair()
         self._processes: dict[tuple[int, bytes], _Process] = {}
         self._connections: dict[int, _Connection] = {}
         self._queue_processes: dict[int, _Process] = {}
@@ -131,13 +171,28 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         """Start the listening thread; publish ``LOGFUNNEL_ADDRESS`` for child processes."""
         if self._state != "new":
             raise RuntimeError(f"this LogListener was already started (it is {self._state})")
-        self._plan_dispatch()
+        try:
+            self._plan_dispatch()
+            if self._server is not None:
+                self._wake_r, self._wake_w = socket.socketpair()
+            target = self._serve if self._server is not None else self._monitor
+            self._thread = threading.Thread(target=target, name="logfunnel-listener", daemon=True)
+            self._thread.start()
+        except BaseException:
+            self._unwrap()
+            self._close_server()
+            self._state = "stopped"
+            raise
         self._state = "running"
-        target = self._serve if self._server is not None else self._monitor
-        self._thread = threading.Thread(target=target, name="logfunnel-listener", daemon=True)
-        self._thread.start()
+        _running.add(self)
         if self._server is not None:
             self._saved_env = publish(self.queue)
+        if not self.handlers and not logging.getLogger().handlers:
+            banner(
+                "the log listener has no handlers and the root logger has none: records go to "
+                "logging.lastResort (stderr, WARNING and above) and those below WARNING are discarded; "
+                "pass handlers=[...] or configure logging before starting the listener"
+            )
         return self
 
     def stop(self, timeout: float | None = None) -> None:
@@ -161,6 +216,7 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         self._unwrap()
         self._close_server()
         self._state = "stopped"
+        _running.discard(self)
 
     def __enter__(self) -> LogListener:
         if self._state == "new":
@@ -172,22 +228,17 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
 
     def _wake(self) -> None:
         try:
-            self._wake_w.send(b"x")
+            if self._wake_w is not None:
+                self._wake_w.send(b"x")
         except OSError:
             pass
 
     def _close_server(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            if self._private_dir:
-                shutil.rmtree(self._private_dir, ignore_errors=True)
-            elif self.address and self.address.startswith("unix:"):
-                try:
-                    os.unlink(self.address[len("unix:") :])
-                except OSError:
-                    pass
+        self._cleanup()
         for sock in (self._wake_r, self._wake_w):
-            sock.close()
+            if sock is not None:
+                sock.close()
+        self._wake_r = self._wake_w = None
         withdraw(self.address, self._saved_env)
         self._saved_env = None
 
@@ -244,6 +295,33 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
                 self._wrapped.append((handler, stand_in))
         self._plan = {"formats": specs, "full": not plain or bool(self._slow), "level": self.level}
 
+    def _welcome_plan(self) -> dict[str, Any]:
+        """The plan a worker gets when it connects, with the levels it should log at.
+
+        Routed through this process's logging configuration (no handlers), the levels are every
+        level set explicitly in it, and the loggers it disabled: the worker sets them where its own
+        code has not, so it never builds a record this listener would discard. With handlers, the
+        root level is the lowest level any handler (and the listener) would take.
+        """
+        plan = dict(self._plan)
+        if self.handlers:
+            floor = min(h.level for h in self.handlers) if self.respect_handler_level else logging.NOTSET
+            plan["levels"] = {"": max(self.level, floor)}
+            plan["disabled"] = []
+            return plan
+        root = logging.getLogger()
+        levels = {"": max(self.level, root.level)}
+        disabled = []
+        for name, logger in list(root.manager.loggerDict.items()):
+            if isinstance(logger, logging.Logger):
+                if logger.level != logging.NOTSET:
+                    levels[name] = max(self.level, logger.level)
+                if logger.disabled:
+                    disabled.append(name)
+        plan["levels"] = levels
+        plan["disabled"] = disabled
+        return plan
+
     def _unwrap(self) -> None:
         for handler, stand_in in self._wrapped:
             if handler.formatter is stand_in:  # type: ignore[comparison-overlap]
@@ -263,7 +341,12 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         if record.levelno < self.level:
             return
         if not self.handlers:
-            logging.getLogger(record.name).handle(record)  # the worker's logger already chose the level
+            # Exactly what this process would do with the call that made the record: its logger's
+            # level (and logging.disable), then Logger.handle (disabled, filters, propagate, handler
+            # levels). Logger.handle alone checks no level.
+            logger = logging.getLogger(record.name)
+            if logger.isEnabledFor(record.levelno):
+                logger.handle(record)
             return
         respect = self.respect_handler_level
         for handler in handlers:

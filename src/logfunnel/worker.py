@@ -71,7 +71,7 @@ class FunnelHandler(UnlockedHandle, logging.handlers.QueueHandler):
         self.capacity = capacity
         self._sink: SocketSink | QueueSink
         if isinstance(target, QueueHandle):
-            self._sink = SocketSink(target, self, on_start=_register_exit_hooks)
+            self._sink = SocketSink(target, self, on_start=_register_exit_hooks, on_plan=_apply_plan)
         else:
             self._sink = QueueSink(target, self)
 
@@ -179,6 +179,10 @@ _hooks_pid = 0
 _flush_on_sigterm = False
 
 
+def _check_level(level: int | str) -> int:
+    return logging._checkLevel(level)  # type: ignore[attr-defined, no-any-return]  # noqa: SLF001
+
+
 def _after_fork_in_child() -> None:
     global _install_lock
     _install_lock = threading.RLock()
@@ -209,10 +213,91 @@ def _installed_handlers() -> list[FunnelHandler]:
     return [h for h in logging.getLogger().handlers if isinstance(h, FunnelHandler)]
 
 
+# -- levels and handlers: the listener decides ------------------------------------------------------
+#
+# A worker's records all go to the funnel, once: install takes every handler off every logger (a fork
+# child inherits its parent's, which would write each line again) and lets every logger propagate to
+# the root, where the FunnelHandler is. Levels come from the listener when the worker connects; a
+# level that the worker's own code set stays, and a level set here is changed again only while it is
+# still the one set here.
+
+_explicit_root = False  # install_worker_logging(level=...) was given: the worker's root level stays
+_applied: dict[str, int] = {}  # logger name -> the level the listener's plan set on it
+_disabled: set[str] = set()  # loggers the listener's plan disabled
+_saved: list[tuple[logging.Logger, list[logging.Handler], bool]] = []  # what install took off
+
+
+def _apply_plan(plan: dict[str, Any]) -> None:
+    """Set the levels (and disabled loggers) that the listener's plan asks for, where ours are free."""
+    levels = plan.get("levels")
+    if type(levels) is not dict:
+        return
+    root = logging.getLogger()
+    for name, level in levels.items():
+        if type(name) is not str or type(level) is not int:
+            continue
+        if name == "" and _explicit_root:
+            continue
+        logger = root if name == "" else logging.getLogger(name)
+        if logger.level == logging.NOTSET or _applied.get(name) == logger.level or name == "":
+            if logger.level != level:
+                logger.setLevel(level)
+            _applied[name] = level
+    for name in [n for n in _applied if n not in levels]:
+        logger = root if name == "" else logging.getLogger(name)
+        if logger.level == _applied.pop(name):
+            logger.setLevel(logging.NOTSET)
+    disabled = {n for n in plan.get("disabled") or () if type(n) is str and n}
+    for name in disabled - _disabled:
+        logger = logging.getLogger(name)
+        if not logger.disabled:
+            logger.disabled = True
+            _disabled.add(name)
+    for name in _disabled - disabled:
+        logging.getLogger(name).disabled = False
+        _disabled.discard(name)
+
+
+def _take_over_loggers(root: logging.Logger) -> None:
+    """Take every handler off every logger and let every logger propagate to the root."""
+    loggers = [root] + [
+        logger for logger in list(root.manager.loggerDict.values()) if isinstance(logger, logging.Logger)
+    ]
+    for logger in loggers:
+        keep = [
+            h for h in logger.handlers if logger is not root and type(h) is logging.NullHandler
+        ]  # a library's NullHandler writes nothing; leave it where the library put it
+        taken = [h for h in logger.handlers if h not in keep and not isinstance(h, FunnelHandler)]
+        if taken or not logger.propagate:
+            _saved.append((logger, taken, logger.propagate))
+        for handler in taken:
+            logger.removeHandler(handler)  # not closed: in a fork child they are the parent's objects
+        if logger is not root:
+            logger.propagate = True
+
+
+def _give_back_loggers() -> None:
+    """Undo ``_take_over_loggers``: the handlers and ``propagate`` each logger had before install."""
+    while _saved:
+        logger, handlers, propagate = _saved.pop()
+        for handler in handlers:
+            logger.addHandler(handler)
+        logger.propagate = propagate
+    root = logging.getLogger()
+    for name, level in list(_applied.items()):
+        logger = root if name == "" else logging.getLogger(name)
+        if logger.level == level and name:
+            logger.setLevel(logging.NOTSET)
+    _applied.clear()
+    for name in _disabled:
+        logging.getLogger(name).disabled = False
+    _disabled.clear()
+
+
 def install_worker_logging(
     queue: Any = None,
     *,
-    level: int | str = logging.NOTSET,
+    level: int | str | None = None,
     on_full: OnFull = "block",
     block_timeout: float = 5.0,
     capacity: int = 10_000,
@@ -223,9 +308,15 @@ def install_worker_logging(
     *queue* is a listener's ``.queue`` handle, an address string (``unix:/path``,
     ``tcp://127.0.0.1:PORT``, with the key in ``LOGFUNNEL_AUTHKEY``), None to join the listener
     named by ``LOGFUNNEL_ADDRESS``, or a ``multiprocessing``/``multiprocess`` queue or queue proxy.
-    The handler replaces the root logger's handlers (ones inherited from a parent would write every
-    line twice) and the root level is set to *level*. Calling it again with the same queue returns the
-    same handler, so it is safe as a ``Pool`` initializer and inside every task.
+
+    Every record of this process then goes to the listener exactly once: the handler replaces the
+    root logger's handlers and takes the handlers off every other logger too (a fork child inherits
+    its parent's, which would write each line twice), and every logger propagates to the root. The
+    listener does the routing. With *level* None, the listener decides the levels: it tells this
+    process, when it connects, the levels of its configuration (or of its handlers), so that no
+    record is made that it would discard; a level that this process's own code sets still wins
+    here. An explicit *level* sets the root logger's level and keeps it. Calling it again with the
+    same queue returns the same handler, so it is safe as a ``Pool`` initializer and in every task.
 
     When the buffer holds *capacity* records, ``on_full="block"`` waits up to *block_timeout*
     seconds for room and then drops; ``"drop"`` drops at once. Drops are counted and reported to the
@@ -233,24 +324,35 @@ def install_worker_logging(
     buffer before it dies of SIGTERM (``Pool.terminate()``).
     """
     target = _resolve_queue(queue)
+    root_level = None if level is None else _check_level(level)
     root = logging.getLogger()
+    global _explicit_root
     with _install_lock:
         current = _installed_handlers()
         if len(current) == 1 and len(root.handlers) == 1 and current[0].queue == target:
             handler = current[0]
+            new = False
         else:
-            for old in list(root.handlers):
-                root.removeHandler(old)  # not closed: in a fork child they are the parent's objects
-                if isinstance(old, FunnelHandler):
-                    old.close()
             handler = FunnelHandler(target, on_full=on_full, block_timeout=block_timeout, capacity=capacity)
+            for old in current:
+                root.removeHandler(old)
+                old.close()
+            _take_over_loggers(root)
             root.addHandler(handler)
-        root.setLevel(level)
+            new = True
+        _explicit_root = root_level is not None
+        if root_level is not None:
+            root.setLevel(root_level)
+        elif new:
+            root.setLevel(logging.NOTSET)  # nothing is decided here until the listener has spoken
+            _applied.pop("", None)
         _register_exit_hooks()
         global _flush_on_sigterm
         _flush_on_sigterm = flush_on_sigterm
         if flush_on_sigterm:
             _sigterm.install(_close_all)
+    if new and isinstance(handler._sink, SocketSink):  # noqa: SLF001
+        handler._sink.connect_now()  # noqa: SLF001
     return handler
 
 
@@ -274,4 +376,5 @@ def uninstall_worker_logging() -> None:
         for handler in _installed_handlers():
             root.removeHandler(handler)
             handler.close()
+        _give_back_loggers()
         _sigterm.uninstall()
