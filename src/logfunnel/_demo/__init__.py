@@ -40,7 +40,8 @@ def serve(task: tuple[int, float]) -> dict[str, Any]:
     """Serve simulated requests for *seconds*, logging as the shop does; return what was produced.
 
     *task* is ``(worker_index, seconds)``. The result has ``produced`` (records), ``levels`` (per
-    level name), ``requests``, ``seconds`` (the time spent serving), and ``started`` and
+    level name), ``requests``, ``seconds`` (the time spent serving), ``cpu`` (the CPU time this
+    process used meanwhile, its sender thread included), and ``started`` and
     ``finished`` (wall-clock times, ``time.time()``).
     """
     index, seconds = task
@@ -53,6 +54,7 @@ def serve(task: tuple[int, float]) -> dict[str, Any]:
     job = service.ReindexJob()
     prefix = f"{os.getpid():x}-"
     requests = 0
+    cpu = time.process_time()
     started_at = time.time()
     started = time.monotonic()
     deadline = started + seconds
@@ -68,6 +70,7 @@ def serve(task: tuple[int, float]) -> dict[str, Any]:
                 if time.monotonic() >= deadline:
                     break
         elapsed = time.monotonic() - started
+        cpu = time.process_time() - cpu
     finally:
         for logger in loggers:
             logger.removeFilter(counter)
@@ -79,6 +82,7 @@ def serve(task: tuple[int, float]) -> dict[str, Any]:
         "levels": levels,
         "requests": requests,
         "seconds": elapsed,
+        "cpu": cpu,
         "started": started_at,
         "finished": started_at + elapsed,
     }

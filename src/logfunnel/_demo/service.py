@@ -43,7 +43,10 @@ def _query(request: Request, extra: dict[str, str]) -> bool:
             db_log.error("transaction abandoned after 3 deadlocks: %s", request.sql, extra=extra)
             return False
         db_log.warning(
-            "deadlock detected, retrying transaction (attempt %d of 3): %s", attempt + 1, request.sql, extra=extra
+            "deadlock detected, retrying transaction (attempt %d of 3): %s",
+            attempt + 1,
+            request.sql,
+            extra=extra,
         )
     if request.db_fails:
         db_log.error(
@@ -53,7 +56,9 @@ def _query(request: Request, extra: dict[str, str]) -> bool:
         )
         return False
     if request.query_ms > SLOW_QUERY_MS:
-        db_log.warning("slow query (%.0f ms > %.0f ms): %s", request.query_ms, SLOW_QUERY_MS, request.sql, extra=extra)
+        db_log.warning(
+            "slow query (%.0f ms > %.0f ms): %s", request.query_ms, SLOW_QUERY_MS, request.sql, extra=extra
+        )
     else:
         db_log.debug("%s [%.1f ms]", request.sql, request.query_ms, extra=extra)
     return True
