@@ -159,6 +159,7 @@ def _figures(run: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
             levels[name] = levels.get(name, 0) + count
     per_worker = sorted(result["produced"] / result["seconds"] for result in results if result["seconds"])
     first = min(result["started"] for result in results)
+    last = max(result["finished"] for result in results)
     window = run["delivered_at"] - first
     produced = run["produced"]
     worker_cpu = sum(result["cpu"] for result in results)
@@ -168,11 +169,11 @@ def _figures(run: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
         "accounted": stats["received"] + stats["dropped"] + stats["lost"] == produced,
         "levels": levels,
         "per_worker_rates": per_worker,
-        "generator_rate": sum(per_worker),
-        "serving_seconds": max(result["seconds"] for result in results),
+        "generator_rate": produced / (last - first) if last > first else 0.0,
         "listener_rate": stats["received"] / window if window > 0 else 0.0,
         "listener_seconds": window,
-        "lag": max(0.0, run["delivered_at"] - max(result["finished"] for result in results)),
+        "generator_seconds": last - first,
+        "lag": max(0.0, run["delivered_at"] - last),
         "backlog": run["backlog"],
         "worker_cpu_per_record": worker_cpu / produced if produced else 0.0,
         "listener_cpu_per_record": run["listener_cpu"] / stats["received"] if stats["received"] else 0.0,
@@ -180,7 +181,7 @@ def _figures(run: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
 
 
 def _print_summary(figures: dict[str, Any], out: Path, workers: int, seconds: float) -> None:
-    rates = figures["per_worker_rates"]
+    rates = figures["per_worker_rates"] or [0.0]
     spread = f"{rates[0]:,.0f}" if len(rates) == 1 else f"{rates[0]:,.0f} to {rates[-1]:,.0f}"
     levels = ", ".join(f"{name} {count:,}" for name, count in figures["levels"].items())
     files = sorted(out.glob(workdir.LOG_NAME + "*"), key=lambda p: (len(p.name), p.name))
@@ -193,7 +194,7 @@ def _print_summary(figures: dict[str, Any], out: Path, workers: int, seconds: fl
     print(f"  check      produced = delivered + dropped + lost: {'yes' if figures['accounted'] else 'NO'}")
     print(
         f"  generator  {figures['generator_rate']:>11,.0f} records/s produced by the workers in all, "
-        f"{spread} per worker ({figures['serving_seconds']:.1f} s)"
+        f"{spread} per worker ({figures['generator_seconds']:.1f} s)"
     )
     print(
         f"  listener   {figures['listener_rate']:>11,.0f} records/s delivered into the RotatingFileHandler "

@@ -40,7 +40,12 @@ def prepare(directory: Path, backups: int) -> list[str]:
     Raises ``DemoDirectoryError``, having removed nothing, if a ``demo.log*`` file there was not
     written by an earlier demo run.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DemoDirectoryError(
+            f"cannot use {directory} for the demo's files: {exc.strerror or exc}"
+        ) from exc
     present = sorted(p.name for p in directory.glob(LOG_NAME + "*"))
     claimed = _claimed(directory)
     foreign = [name for name in present if name not in claimed]
