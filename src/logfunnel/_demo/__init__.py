@@ -52,7 +52,7 @@ def serve(task: tuple[int, float]) -> dict[str, Any]:
     for logger in loggers:
         logger.addFilter(counter)
     job = service.ReindexJob()
-    prefix = f"{os.getpid():x}-"
+    prefix = f"{os.getpid():x}{index:02x}-"  # unique even if one process serves two tasks
     requests = 0
     cpu = time.process_time()
     started_at = time.time()

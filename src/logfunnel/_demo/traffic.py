@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from typing import NamedTuple
+from urllib.parse import quote_plus
 
 __all__ = ["Request", "draw_traffic"]
 
@@ -37,12 +38,12 @@ _ROUTE_WEIGHTS = [36, 14, 15, 8, 3, 19, 5]
 _SEARCHES = ["espresso", "caf\u00e9 cr\u00e8me", "grinder", "filter papers", "oat milk", "mug", "kettle"]
 _STATIC = {"/static/app.3f9a1c.js": 184_310, "/static/app.3f9a1c.css": 41_877, "/static/logo.svg": 6_120}
 _BODY = {"product": (1_800, 9_000), "search": (4_000, 42_000), "cart": (900, 6_500), "add": (300, 900)}
-_ERROR_BODY = {304: 0, 401: 87, 404: 112, 429: 64, 500: 146, 502: 98, 503: 120}
+_FIXED_BODY = {304: 0, 401: 87, 404: 112, 429: 64, 500: 146, 502: 98, 503: 120}
 
 
 def _size(rng: random.Random, route: str, path: str, status: int) -> int:
-    if status in _ERROR_BODY:
-        return _ERROR_BODY[status]
+    if status in _FIXED_BODY:
+        return _FIXED_BODY[status]
     if route == "static":
         return _STATIC[path]
     if route == "health":
@@ -76,7 +77,7 @@ def _target(rng: random.Random, route: str) -> tuple[str, str, str, str]:
     if route == "search":
         term = rng.choice(_SEARCHES)
         sql = f"SELECT id, name, price FROM products WHERE name ILIKE '%{term}%' LIMIT 24"
-        return "GET", "/api/search?q=" + term.replace(" ", "+"), "", sql
+        return "GET", "/api/search?q=" + quote_plus(term), "", sql
     if route == "cart":
         return "GET", "/api/cart", f"session:{rng.getrandbits(48):012x}", ""
     if route == "add":
