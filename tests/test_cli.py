@@ -131,7 +131,7 @@ def test_errors_are_rare(demo_run):
 def test_summary_puts_the_listeners_rate_next_to_the_generators(demo_run):
     """Nobody mistakes the demo's rate for logfunnel's speed: both rates and the bound hit are stated."""
     out = demo_run[0].stdout
-    generator = r"^  generator +[\d,]+ records/s produced by the workers in all, [\d,]+ to [\d,]+ per worker"
+    generator = r"^  generator +[\d,]+ records/s produced in all, [\d,]+ to [\d,]+ per worker"
     assert re.search(generator, out, re.M)
     assert re.search(r"^  listener +[\d,]+ records/s delivered", out, re.M)
     assert re.search(r"The (workers|listener) w[a-z]+ the bound", out)
@@ -167,7 +167,7 @@ def test_second_run_removes_only_its_own_files_and_says_so(tmp_path):
     assert "removed" not in first.stdout
     second = _run("demo", "--workers", "1", "--seconds", "0.2", "--dir", str(tmp_path))
     assert second.returncode == 0, second.stderr
-    assert f"removed 1 file(s) of an earlier demo run from {tmp_path}/: demo.log" in second.stdout
+    assert f"removed 1 file of an earlier demo run from {tmp_path}/: demo.log" in second.stdout
     assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "keep me\n"
 
 

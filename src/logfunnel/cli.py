@@ -87,6 +87,10 @@ def _wait_for_delivery(listener: LogListener, produced: int) -> float:
         time.sleep(0.005)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _micro() -> str:
     encoding = getattr(sys.stdout, "encoding", None) or "ascii"
     try:
@@ -107,8 +111,8 @@ def _verdict(figures: dict[str, Any], workers: int, cpus: int, seconds: float) -
     else:
         bound = (
             f"The workers were the bound: the listener kept up and had the last record {lag:.2f} s "
-            f"after they stopped, so the generator's rate is how fast {workers} worker(s) sharing "
-            f"{cpus} CPU(s) with the listener make records."
+            f"after they stopped, so the generator's rate is the pace at which {_count(workers, 'worker')} "
+            f"sharing {_count(cpus, 'CPU')} with the listener made records."
         )
     return (
         f"{bound} Neither rate is logfunnel's ceiling: a worker spends much of its time making records "
@@ -192,9 +196,10 @@ def _print_summary(figures: dict[str, Any], out: Path, workers: int, seconds: fl
     print(f"  dropped    {figures['dropped']:>11,}")
     print(f"  lost       {figures['lost']:>11,}")
     print(f"  check      produced = delivered + dropped + lost: {'yes' if figures['accounted'] else 'NO'}")
+    share = f"in all, {spread} per worker" if workers > 1 else "by the one worker"
     print(
-        f"  generator  {figures['generator_rate']:>11,.0f} records/s produced by the workers in all, "
-        f"{spread} per worker ({figures['generator_seconds']:.1f} s)"
+        f"  generator  {figures['generator_rate']:>11,.0f} records/s produced {share} "
+        f"({figures['generator_seconds']:.1f} s)"
     )
     print(
         f"  listener   {figures['listener_rate']:>11,.0f} records/s delivered into the RotatingFileHandler "
@@ -205,7 +210,7 @@ def _print_summary(figures: dict[str, Any], out: Path, workers: int, seconds: fl
         f"{figures['listener_cpu_per_record'] * 1e6:.1f} {us} in the listener's process"
     )
     print(
-        f"  files      {len(files)} in {out}/: "
+        f"  files      {_count(len(files), 'file')} in {out}/: "
         + ", ".join(f"{p.name} ({p.stat().st_size / 1e6:.1f} MB)" for p in files)
     )
     print()
@@ -231,14 +236,17 @@ def demo(workers: int = 4, seconds: float = 3.0, directory: str = "logfunnel-dem
     out = Path(directory)
     removed = workdir.prepare(out, _BACKUPS)
     if removed:
-        print(f"removed {len(removed)} file(s) of an earlier demo run from {out}/: {', '.join(removed)}")
+        print(
+            f"removed {_count(len(removed), 'file')} of an earlier demo run from {out}/: {', '.join(removed)}"
+        )
     handler = logging.handlers.RotatingFileHandler(
         out / workdir.LOG_NAME, maxBytes=_MAX_BYTES, backupCount=_BACKUPS, encoding="utf-8"
     )
     handler.setFormatter(logging.Formatter(DEMO_FORMAT, defaults={"request_id": "-"}))
+    cpus = _count(os.cpu_count() or 1, "CPU")
     print(
-        f"logfunnel {__version__} demo: {workers} worker(s) on {os.cpu_count() or 1} CPU(s) serve a "
-        f"simulated shop for {seconds:g} s, logging into {out / workdir.LOG_NAME} "
+        f"logfunnel {__version__} demo: a simulated shop served by {_count(workers, 'worker')} on {cpus} "
+        f"for {seconds:g} s, logging into {out / workdir.LOG_NAME} "
         f"(rotating at {_MAX_BYTES >> 20} MB)"
     )
     listener = start_listener(handlers=[handler])
