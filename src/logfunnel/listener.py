@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import queue as queue_module
 import shutil
 import socket
 import threading
@@ -351,6 +352,8 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
             while True:
                 try:
                     record = self.dequeue(True)
+                except queue_module.Empty:  # a dequeue() override that times out: stop, as QueueListener
+                    return
                 except (EOFError, OSError) as exc:
                     banner(f"the log queue broke: {exc!r}")
                     return
