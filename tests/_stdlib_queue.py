@@ -14,7 +14,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging.handlers
+import queue
 import sys
+import threading
 import unittest
 from typing import Any
 
@@ -56,6 +58,37 @@ def selected_tests(module: Any) -> list[str]:
         f"ConfigDictTest.{name}" for name in loader.getTestCaseNames(config) if _is_queue_test(config, name)
     ]
     return ids
+
+
+class PutNowaitQueue:
+    """A user's queue-like class with only ``put_nowait`` and ``get``, as 3.12+ dictConfig may hand in."""
+
+    def __init__(self, maxsize: int = 0) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize)
+
+    def put_nowait(self, item: Any) -> None:
+        self._queue.put_nowait(item)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        return self._queue.get(block, timeout)
+
+
+# -- functions run in child processes by test_stdlib_queue.py (importable by spawn/forkserver) -----
+
+
+def log_unpicklable_args(queue: Any) -> None:
+    """Log a message whose arguments cannot be pickled (a lock) through a plain FunnelHandler."""
+    logfunnel.install_worker_logging(queue)
+    logging.getLogger("child").warning("holding %s and %d items", threading.Lock(), 3)
+
+
+def log_exception_with_unpicklable_args(queue: Any) -> None:
+    """Log an exception whose message arguments cannot be pickled (a lock)."""
+    logfunnel.install_worker_logging(queue)
+    try:
+        raise ValueError("inner")
+    except ValueError:
+        logging.getLogger("child").exception("boom %s", threading.Lock())
 
 
 def main() -> int:
