@@ -18,6 +18,7 @@ import queue
 import sys
 import threading
 import unittest
+import warnings
 from typing import Any
 
 import logfunnel
@@ -91,8 +92,24 @@ def log_exception_with_unpicklable_args(queue: Any) -> None:
         logging.getLogger("child").exception("boom %s", threading.Lock())
 
 
+def _count_resource_warnings() -> list[str]:
+    """Record every ResourceWarning (an unclosed socket, say) so the summary can report them."""
+    seen: list[str] = []
+    show = warnings.showwarning
+
+    def record(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, ResourceWarning):
+            seen.append(str(message))
+        show(message, category, *args, **kwargs)
+
+    warnings.simplefilter("always", ResourceWarning)
+    warnings.showwarning = record
+    return seen
+
+
 def main() -> int:
     _patch()
+    resource_warnings = _count_resource_warnings()
     from test import test_logging  # imported only once the classes are swapped
 
     assert test_logging.logging.handlers.QueueHandler is logfunnel.FunnelHandler
@@ -109,6 +126,7 @@ def main() -> int:
         "errors": [[test.id(), text] for test, text in result.errors],
         "skipped": [[test.id(), reason] for test, reason in result.skipped],
         "unexpected_successes": [test.id() for test in result.unexpectedSuccesses],
+        "resource_warnings": resource_warnings,
     }
     print(json.dumps(summary))
     return 0 if result.wasSuccessful() else 1

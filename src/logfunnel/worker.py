@@ -64,9 +64,10 @@ class FunnelHandler(UnlockedHandle, logging.handlers.QueueHandler):
 
     Given a listener's queue handle, ``emit`` merges each record's message (rendering any exception
     to ``exc_text``, kept apart from the message) and appends it to a bounded buffer that a sender
-    thread ships. Given any other queue (anything with ``put_nowait``), it behaves as the standard
-    library's ``QueueHandler``: ``emit`` calls ``self.enqueue(self.prepare(record))``. A subclass that
-    overrides ``prepare``, ``enqueue`` or ``emit`` gets those seams on the socket path too.
+    thread ships; the listener's handlers do the formatting. Given any other queue (anything with
+    ``put_nowait``), it behaves as the standard library's ``QueueHandler``: ``emit`` calls
+    ``self.enqueue(self.prepare(record))``. A subclass that overrides ``prepare``, ``enqueue`` or
+    ``emit`` gets those seams on a listener's queue handle too.
     """
 
     #: Whether this class keeps FunnelHandler's own ``prepare``, ``enqueue`` and ``emit``; decided
