@@ -130,12 +130,13 @@ def test_sigterm_handler_is_installed_only_over_the_default():
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_prepare_keeps_msg_args_and_exc_info_but_fixes_the_message():
-    """prepare() merges the message now (later mutation of args cannot change it) and renders exc_text."""
-    handler = FunnelHandler(__import__("queue").Queue())
+def test_socket_path_merges_the_message_now_and_keeps_exc_text_apart():
+    """The socket path merges the message at once (args mutated later cannot change it), exc_text apart."""
+    from logfunnel.worker import _merge
+
     args = {"n": 1}
     record = logging.LogRecord("p", logging.INFO, __file__, 1, "value %(n)s", (args,), None)
-    prepared = handler.prepare(record)
+    prepared = _merge(record)
     args["n"] = 2
     assert prepared.message == "value 1"
     try:
@@ -144,4 +145,5 @@ def test_prepare_keeps_msg_args_and_exc_info_but_fixes_the_message():
         import sys
 
         record = logging.LogRecord("p", logging.ERROR, __file__, 1, "e", None, sys.exc_info())
-    assert handler.prepare(record).exc_text.endswith("RuntimeError: x")
+    merged = _merge(record)
+    assert (merged.message, merged.exc_text.endswith("RuntimeError: x")) == ("e", True)

@@ -426,25 +426,31 @@ def _take(buffer: collections.deque[logging.LogRecord]) -> list[logging.LogRecor
 
 
 class QueueSink:
-    """For people who already have a ``multiprocessing`` queue: put records as ``QueueHandler`` does."""
+    """For people who already have a queue (anything with ``put_nowait``): put records on it as
+    ``QueueHandler.enqueue`` does, blocking or dropping when it is full as ``on_full`` says."""
 
     def __init__(self, queue: Any, handler: Any) -> None:
         self.queue = queue
-        self._block = handler.on_full == "block"
         self._block_timeout = handler.block_timeout
+        put = getattr(queue, "put", None)
+        # Block with a timeout only where the queue can; a queue-like object may have put_nowait alone.
+        self._put = put if handler.on_full == "block" and callable(put) else None
+        # Records on an in-process queue are never pickled, so their values stay as they are there.
+        self._pickled = not isinstance(queue, _IN_PROCESS_QUEUES)
         self.dropped = 0
 
-    def put(self, record: logging.LogRecord, wait: bool) -> None:
-        state = record.__dict__
-        for key, value in state.items():  # the queue's feeder thread would drop the record silently
-            if not _wire.wire_safe(value):
-                try:
-                    pickle.dumps(value)
-                except Exception:
-                    state[key] = _wire.safe_repr(value)
+    def put(self, record: Any, wait: bool) -> None:
+        if self._pickled and isinstance(record, logging.LogRecord):
+            state = record.__dict__
+            for key, value in state.items():  # the queue's feeder thread would drop the record silently
+                if not _wire.wire_safe(value):
+                    try:
+                        pickle.dumps(value)
+                    except Exception:
+                        state[key] = _wire.safe_repr(value)
         try:
-            if self._block:
-                self.queue.put(record, True, self._block_timeout)
+            if self._put is not None:
+                self._put(record, True, self._block_timeout)
             else:
                 self.queue.put_nowait(record)
         except queue_module.Full:
@@ -456,6 +462,9 @@ class QueueSink:
     def close(self, timeout: float | None) -> None:
         if self.dropped:
             banner(f"{self.dropped} log records were dropped because the queue was full")
+
+
+_IN_PROCESS_QUEUES = (queue_module.Queue, queue_module.SimpleQueue)
 
 
 sinks: weakref.WeakSet[SocketSink] = weakref.WeakSet()

@@ -15,6 +15,7 @@ import atexit
 import logging
 import logging.handlers
 import os
+import queue as queue_module
 import shutil
 import socket
 import threading
@@ -434,6 +435,8 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
             while True:
                 try:
                     record = self.dequeue(True)
+                except queue_module.Empty:  # a dequeue() override that times out: stop, as QueueListener
+                    return
                 except (EOFError, OSError) as exc:
                     banner(f"the log queue broke: {exc!r}")
                     return

@@ -18,7 +18,7 @@ import queue as queue_module
 import sys
 import threading
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from . import _sigterm
 from ._exit import at_exit
@@ -41,16 +41,42 @@ _exception_formatter = logging.Formatter()
 # Threads that run a listener in this process; a FunnelHandler ignores their records, which would
 # otherwise travel back to the listener that is handling them, forever.
 listener_threads: set[int] = set()
+# The QueueHandler seams whose override makes the socket path go through them (see _own_seams).
+_SEAMS = ("prepare", "enqueue", "emit")
+
+
+def _merge(record: logging.LogRecord) -> logging.LogRecord:
+    """The socket path's own preparation: merge the message now and render any exception apart.
+
+    No copy is needed: it only sets ``message`` and ``exc_text``, the two attributes every
+    ``Formatter`` caches on a record anyway. The merged message is what travels, so arguments mutated
+    after the call cannot change it, and the listener's formatters still see the exception apart
+    from the message (DESIGN rule 6).
+    """
+    record.message = record.getMessage()
+    if record.exc_info and not record.exc_text:
+        record.exc_text = _exception_formatter.formatException(record.exc_info)
+    return record
 
 
 class FunnelHandler(UnlockedHandle, logging.handlers.QueueHandler):
     """A ``QueueHandler`` that ships records to a logfunnel listener over the process's own connection.
 
-    ``prepare()`` returns a copy of the record with the message merged with its arguments and
-    ``exc_info`` rendered to ``exc_text`` (kept apart from the message, unlike the standard
-    library's, so that formatters downstream still see them apart). ``enqueue()`` appends it to a
-    bounded buffer that a sender thread ships.
+    Given a listener's queue handle, ``emit`` merges each record's message (rendering any exception
+    to ``exc_text``, kept apart from the message) and appends it to a bounded buffer that a sender
+    thread ships; the listener's handlers do the formatting. Given any other queue (anything with
+    ``put_nowait``), it behaves as the standard library's ``QueueHandler``: ``emit`` calls
+    ``self.enqueue(self.prepare(record))``. A subclass that overrides ``prepare``, ``enqueue`` or
+    ``emit`` gets those seams on a listener's queue handle too.
     """
+
+    #: Whether this class keeps FunnelHandler's own ``prepare``, ``enqueue`` and ``emit``; decided
+    #: once per class, so the socket path can skip the standard library's copy-and-format ``prepare``.
+    _own_seams: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._own_seams = all(getattr(cls, name) is getattr(FunnelHandler, name) for name in _SEAMS)
 
     def __init__(
         self,
@@ -74,29 +100,49 @@ class FunnelHandler(UnlockedHandle, logging.handlers.QueueHandler):
             self._sink = SocketSink(target, self, on_start=_register_exit_hooks, on_plan=_apply_plan)
         else:
             self._sink = QueueSink(target, self)
+        # emit() skips prepare() and enqueue() only where nobody can tell: the socket path of a class
+        # that keeps all three seams as they are here.
+        self._direct = isinstance(target, QueueHandle) and self._own_seams
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        """Merge the message with its arguments now and render any exception to ``exc_text``.
+    def prepare(self, record: logging.LogRecord) -> Any:
+        """Return a copy of *record* ready for the queue, exactly as ``QueueHandler.prepare`` does.
 
-        The standard library's ``prepare`` copies the record because it rewrites ``msg``, ``args``
-        and ``exc_info``; this one leaves them alone and only sets ``message`` and ``exc_text``, the
-        two attributes every ``Formatter`` caches on a record anyway, so no copy is needed. The
-        merged message is what travels, so arguments mutated after the call cannot change it.
+        The copy's ``msg`` and ``message`` are ``self.format(record)`` (the handler's formatter,
+        or the default one), and its ``args``, ``exc_info``, ``exc_text`` (and ``stack_info``) are
+        None; *record* itself is left alone for the other handlers. Override it to send something
+        else; the socket path then calls it for every record, as ``QueueHandler.emit`` does.
         """
-        record.message = record.getMessage()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = _exception_formatter.formatException(record.exc_info)
-        return record
+        return super().prepare(record)
 
-    def enqueue(self, record: logging.LogRecord) -> None:
-        """Append *record* to the buffer; for ERROR and above, wait until it is on the wire."""
-        self._sink.put(record, record.levelno >= logging.ERROR)
+    def enqueue(self, record: Any) -> None:
+        """Put a prepared record on the queue.
+
+        On a listener's queue handle it is appended to the buffer (for ERROR and above, this waits
+        until it is on the wire); on any other queue it is put as ``QueueHandler.enqueue`` does,
+        blocking up to ``block_timeout`` or dropping when the queue is full, as ``on_full`` says.
+        """
+        sink = self._sink
+        if isinstance(sink, QueueSink):
+            sink.put(record, False)
+            return
+        if not isinstance(record, logging.LogRecord):
+            raise TypeError(
+                f"FunnelHandler.enqueue() expected a LogRecord for a logfunnel listener, got "
+                f"{type(record).__name__!r} (a prepare() that returns something else needs a plain queue)"
+            )
+        if "message" not in record.__dict__:
+            _merge(record)
+        sink.put(record, record.levelno >= logging.ERROR)
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Queue *record*: ``self.enqueue(self.prepare(record))``, or the socket path's shortcut."""
         if listener_threads and threading.get_ident() in listener_threads:
             return
         try:
-            self.enqueue(self.prepare(record))
+            if self._direct:
+                self._sink.put(_merge(record), record.levelno >= logging.ERROR)
+            else:
+                self.enqueue(self.prepare(record))
         except Exception:
             self.handleError(record)
 
@@ -166,6 +212,8 @@ def _resolve_queue(queue: Any) -> Any:
         return inner
     if isinstance(queue, _queue_types()) or _is_queue_proxy(queue):
         return queue
+    if callable(getattr(queue, "put_nowait", None)):  # any queue-like object, as QueueHandler takes
+        return queue  # (3.12+ dictConfig hands in user classes that only have put_nowait and get)
     raise TypeError(
         "install_worker_logging() expected a logfunnel queue, an address like 'unix:/path' or a "
         f"multiprocessing queue, got {type(queue).__name__!r}"
