@@ -312,10 +312,6 @@ def test_stop_returns_after_the_queue_is_drained():
     assert q.empty()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LogListener.__init__ makes the wake socketpair for both modes until the lead's leak fix",
-)
 def test_queue_mode_listener_opens_no_socket():
     """A LogListener built to read a queue opens no socket at all (the never-started socketpair leak)."""
     me = psutil.Process()
@@ -328,10 +324,6 @@ def test_queue_mode_listener_opens_no_socket():
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(
-    strict=True,
-    reason="start() plans worker-rendered lines (_plan_dispatch) in queue mode too, where none come",
-)
 def test_queue_mode_leaves_handler_formatters_alone():
     """A queue-reading LogListener does not swap its handlers' formatters while it runs."""
     collect = Collect()

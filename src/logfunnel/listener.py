@@ -276,7 +276,8 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         # gets whole batches of rendered lines; another handler with a plain Formatter gets records
         # whose formatting is already done; the rest get records, as from QueueListener.
         self._seams = self._seams_overridden()  # fixed for the listener's life: decide once
-        plain = bool(self.handlers) and not self._seams
+        # Only workers on the socket render lines; records from a queue are formatted here.
+        plain = bool(self.handlers) and not self._seams and self._server is not None
         specs: list[_wire.Spec] = []
         self._fast, self._slow, self._wrapped = [], [], []
         for handler in self.handlers:
