@@ -12,6 +12,7 @@ but not their locks or open streams: each gets a fresh lock, and files are reope
 from __future__ import annotations
 
 import atexit
+import functools
 import io
 import logging
 import logging.config
@@ -23,15 +24,17 @@ import time
 import traceback
 import weakref
 from collections.abc import Iterable
-from typing import Any
-
-import dill
-import multiprocess
-import psutil
+from typing import TYPE_CHECKING, Any
 
 from ._handling import banner
 from ._transport import QueueHandle, publish, withdraw
 from .listener import LogListener
+
+if TYPE_CHECKING:
+    # multiprocess, dill and psutil are imported where a manager starts, never by `import logfunnel`:
+    # together they cost ~100 modules and ~60 ms, and dill keeps `__main__` alive until late in the
+    # interpreter's shutdown, after `logging` is torn down, so a `__del__` that logs at exit is lost.
+    import psutil
 
 __all__ = ["LogManager"]
 
@@ -53,34 +56,43 @@ def _rebuild_handler(cls: type[logging.Handler], state: dict[str, Any], std: str
     return handler
 
 
-class _HandlerPickler(dill.Pickler):  # type: ignore[misc]
-    """dill, except that a handler travels without its lock and its open stream."""
+def _reduce_handler(obj: Any) -> Any:
+    """A handler travels without its lock and its open stream; anything else as dill sees fit."""
+    if not isinstance(obj, logging.Handler):
+        return NotImplemented
+    state = dict(obj.__dict__)
+    state.pop("lock", None)
+    std = None
+    stream = state.get("stream")
+    if isinstance(obj, logging.FileHandler):
+        state["stream"] = None  # reopened in the manager, on the first record
+        if stream is not None and obj.mode == "w":
+            state["mode"] = "a"  # the parent already truncated it; do not lose what is there
+    elif stream is not None:
+        std = next((name for key, name in _STD_STREAMS.items() if getattr(stream, "name", None) == key), None)
+        if std is not None:
+            state["stream"] = None
+    if "sock" in state:
+        state["sock"] = None  # SocketHandler and friends reconnect on their own
+    return _rebuild_handler, (type(obj), state, std)
 
-    def reducer_override(self, obj: Any) -> Any:
-        if not isinstance(obj, logging.Handler):
-            return NotImplemented
-        state = dict(obj.__dict__)
-        state.pop("lock", None)
-        std = None
-        stream = state.get("stream")
-        if isinstance(obj, logging.FileHandler):
-            state["stream"] = None  # reopened in the manager, on the first record
-            if stream is not None and obj.mode == "w":
-                state["mode"] = "a"  # the parent already truncated it; do not lose what is there
-        elif stream is not None:
-            std = next(
-                (name for key, name in _STD_STREAMS.items() if getattr(stream, "name", None) == key), None
-            )
-            if std is not None:
-                state["stream"] = None
-        if "sock" in state:
-            state["sock"] = None  # SocketHandler and friends reconnect on their own
-        return _rebuild_handler, (type(obj), state, std)
+
+@functools.cache
+def _handler_pickler() -> Any:
+    import dill
+
+    class _HandlerPickler(dill.Pickler):  # type: ignore[misc]
+        """dill, except that a handler travels without its lock and its open stream."""
+
+        def reducer_override(self, obj: Any) -> Any:
+            return _reduce_handler(obj)
+
+    return _HandlerPickler
 
 
 def _dump_handlers(handlers: list[logging.Handler]) -> bytes:
     buffer = io.BytesIO()
-    _HandlerPickler(buffer, recurse=True).dump(handlers)
+    _handler_pickler()(buffer, recurse=True).dump(handlers)
     return buffer.getvalue()
 
 
@@ -91,6 +103,8 @@ class _Health:
     """The manager's own figures, for stats(): pid, memory, CPU, recent records per second."""
 
     def __init__(self) -> None:
+        import psutil
+
         self.process = psutil.Process()
         self.process.cpu_percent(None)  # the first reading is meaningless; start the clock
         self.samples: list[tuple[float, int]] = []
@@ -121,11 +135,17 @@ def _serve(
     options: dict[str, Any],
     parent_pid: int,
 ) -> None:
-    """The manager process: run a listener until told to stop, or until the parent is gone."""
+    """The manager process: run a listener until told to stop, or until the parent is gone.
+
+    A module-level function, so that spawn and forkserver children can import it.
+    """
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     try:
+        import dill
+        import psutil
+
         parent = psutil.Process(parent_pid)
         handlers = dill.loads(payload)
         if config is not None:
@@ -168,6 +188,8 @@ def _serve(
 
 
 def _alive(process: psutil.Process) -> bool:
+    import psutil
+
     try:
         return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
@@ -227,6 +249,8 @@ class LogManager:
         """Start the manager process and wait until it listens."""
         if self._process is not None:
             raise RuntimeError("this LogManager was already started")
+        import multiprocess
+
         ctx = multiprocess.get_context(self.start_method)
         self._conn, child_end = ctx.Pipe()
         options = dict(self._options, address=self.address, authkey=self.authkey)
