@@ -8,9 +8,11 @@ import logging.handlers
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections import Counter
@@ -312,3 +314,181 @@ def test_sigkilled_manager_never_hangs_workers_and_a_restart_gets_the_rest(tmp_p
         total_dropped += entry["dropped"]
         total_lost += entry["lost"]
     assert total_dropped > 0 and total_lost > 0, "the stall should have cost drops and in-flight losses"
+
+
+# -- errors in the caller, and failed starts ---------------------------------------------------------
+
+
+def _children() -> set[int]:
+    """This process's children, multiprocessing's forkserver and resource tracker aside."""
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "forkserver" not in cmdline and "resource_tracker" not in cmdline:
+            found.add(child.pid)
+    return found
+
+
+@pytest.fixture
+def private_tmp(monkeypatch):
+    """tempfile's folder, short and empty, so a test sees every logfunnel-* folder made in it."""
+    path = tempfile.mkdtemp(prefix="lfm-")
+    monkeypatch.setattr(tempfile, "tempdir", path)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_manager_with_bogus_address_raises_value_error_in_caller():
+    """address='bogus' fails in LogManager(), before any process starts, with the expected forms."""
+    before = _children()
+    with pytest.raises(
+        ValueError,
+        match=r"^LogManager\(\) expected an address like 'unix:/path' or 'tcp://127\.0\.0\.1:PORT', "
+        r"got 'bogus'$",
+    ):
+        logfunnel.LogManager([logging.NullHandler()], address="bogus")
+    assert _children() == before
+
+
+def test_manager_with_a_missing_socket_folder_raises_file_not_found_in_caller():
+    """A unix: address in a folder that does not exist names the path and the folder."""
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"^LogManager\(\) got address='unix:/missing/dir/x\.sock': "
+        r"the folder /missing/dir does not exist",
+    ):
+        logfunnel.LogManager(address="unix:/missing/dir/x.sock")
+
+
+def test_manager_with_a_string_in_handlers_raises_type_error_in_caller():
+    """handlers=["x"] names the type and position, not a RuntimeError wrapping the child's traceback."""
+    with pytest.raises(
+        TypeError,
+        match=r"^LogManager\(\) expected logging\.Handler objects in handlers, got 'str' at position 0$",
+    ):
+        logfunnel.LogManager(handlers=["x"])
+
+
+def test_manager_with_a_single_handler_raises_type_error_in_caller():
+    """handlers=StreamHandler() says to pass [handler]."""
+    with pytest.raises(
+        TypeError,
+        match=r"^LogManager\(\) expected a list of logging\.Handler objects for handlers, "
+        r"got a single StreamHandler: pass \[handler\]$",
+    ):
+        logfunnel.LogManager(handlers=logging.StreamHandler())
+
+
+def test_manager_with_an_unknown_level_raises_value_error_in_caller():
+    """level='VERBOSE' (not registered) lists the known level names."""
+    with pytest.raises(
+        ValueError,
+        match=r"^LogManager\(\) got an unknown level 'VERBOSE' "
+        r"\(expected an int or one of CRITICAL, ERROR, WARNING, INFO, DEBUG, NOTSET\)$",
+    ):
+        logfunnel.LogManager(level="VERBOSE")
+
+
+def test_manager_with_an_unknown_start_method_raises_value_error_in_caller():
+    """start_method='thread' names the methods this platform has."""
+    with pytest.raises(
+        ValueError,
+        match=r"^LogManager\(\) got an unknown start_method 'thread' \(expected None or one of .*fork",
+    ):
+        logfunnel.LogManager(start_method="thread")
+
+
+def test_manager_with_a_hex_string_authkey_raises_type_error_in_caller():
+    """authkey='00ff' (the hex of LOGFUNNEL_AUTHKEY) says to pass bytes.fromhex(key)."""
+    with pytest.raises(
+        TypeError,
+        match=r"^LogManager\(\) expected authkey as non-empty bytes \(or None for a fresh key\), "
+        r"got 'str': pass bytes\.fromhex\(key\)$",
+    ):
+        logfunnel.LogManager(authkey="00ff")
+
+
+def test_manager_with_a_config_that_is_not_a_dict_raises_type_error_in_caller():
+    """config='logging.toml' (a path) is refused: it must be a dictConfig dict."""
+    with pytest.raises(
+        TypeError, match=r"^LogManager\(\) expected config as a logging\.config\.dictConfig dict, got 'str'$"
+    ):
+        logfunnel.LogManager(config="logging.toml")
+
+
+BAD_CONFIG = {"version": 1, "handlers": {"h": {"class": "no.such.Handler"}}}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", METHODS)
+def test_manager_that_fails_to_start_reports_the_childs_exception_first(method):
+    """A config the manager cannot build: the child's exception comes first, then its traceback."""
+    manager = logfunnel.LogManager(config=BAD_CONFIG, start_method=method)
+    with pytest.raises(logfunnel.manager.ManagerStartError) as caught:
+        manager.start()
+    first, _, rest = str(caught.value).partition("\n")
+    assert re.fullmatch(r"ValueError: Unable to configure handler 'h'", first), first
+    assert re.search(
+        r"The log manager \(pid \d+\) failed to start:\nTraceback \(most recent call last\):", rest
+    )
+    assert caught.value.child_type == "ValueError"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", METHODS)
+def test_manager_that_fails_to_start_leaves_no_temporary_folder_or_process(method, private_tmp):
+    """After a failed start: no logfunnel-* folder in the temporary directory, no manager process."""
+    before = _children()
+    with pytest.raises(RuntimeError, match=r"^ValueError: Unable to configure handler 'h'\n"):
+        logfunnel.LogManager(config=BAD_CONFIG, start_method=method).start()
+    assert os.listdir(private_tmp) == []
+    assert _children() == before
+
+
+class _ExitOnLoad:
+    """Unpickled in the manager process, it ends that process at once, before it can answer."""
+
+    def __reduce__(self):
+        return (os._exit, (3,))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", METHODS)
+def test_manager_that_dies_before_it_listens_says_so_without_waiting_for_the_timeout(method, private_tmp):
+    """A manager process that exits before answering: a prompt error with its exit code, nothing left."""
+    handler = logging.NullHandler()
+    handler.bomb = _ExitOnLoad()
+    started = time.monotonic()
+    with pytest.raises(
+        RuntimeError, match=r"^the log manager \(pid \d+\) exited with code 3 before it listened"
+    ):
+        logfunnel.LogManager([handler], start_method=method).start(timeout=50)
+    assert time.monotonic() - started < 30
+    assert os.listdir(private_tmp) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_manager_that_failed_to_start_can_be_started_again(tmp_path):
+    """After a failed start the same LogManager starts once the cause is gone."""
+    manager = logfunnel.LogManager(config=BAD_CONFIG)
+    with pytest.raises(RuntimeError):
+        manager.start()
+    manager.config = {"version": 1, "handlers": {"h": {"class": "logging.NullHandler"}}}
+    with manager:
+        assert manager.stats()["received"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_sigkilled_managers_private_folder_is_removed_at_stop(private_tmp):
+    """The parent owns the private socket's folder: it goes at stop() even if the manager was killed."""
+    manager = logfunnel.LogManager([logging.NullHandler()]).start()
+    (folder,) = os.listdir(private_tmp)
+    assert manager.address == f"unix:{os.path.join(private_tmp, folder, 'listener.sock')}"
+    os.kill(manager.pid, signal.SIGKILL)
+    manager.stop(timeout=10)
+    assert os.listdir(private_tmp) == []

@@ -16,9 +16,12 @@ import functools
 import io
 import logging
 import logging.config
+import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -26,6 +29,7 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ._checks import check_address, check_handlers, check_level
 from ._handling import banner
 from ._transport import QueueHandle, publish, withdraw
 from .listener import LogListener
@@ -36,7 +40,7 @@ if TYPE_CHECKING:
     # interpreter's shutdown, after `logging` is torn down, so a `__del__` that logs at exit is lost.
     import psutil
 
-__all__ = ["LogManager"]
+__all__ = ["LogManager", "ManagerStartError"]
 
 _POLL = 0.2  # how often the manager looks at its parent and its control pipe
 _READY_TIMEOUT = 60.0
@@ -128,6 +132,10 @@ class _Health:
         return stats
 
 
+def _qualified_name(kind: type) -> str:
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
 def _serve(
     conn: Any,
     payload: bytes,
@@ -142,6 +150,7 @@ def _serve(
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
+    listener = None
     try:
         import dill
         import psutil
@@ -152,8 +161,13 @@ def _serve(
             logging.config.dictConfig(config)
         listener = LogListener(None, *handlers, **options)
         listener.start()
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
+    except BaseException as exc:
+        if listener is not None:
+            listener.stop()  # closes the socket and removes its file
+        try:
+            conn.send(("error", _qualified_name(type(exc)), str(exc), traceback.format_exc()))
+        except OSError:
+            pass  # the parent gave up on us
         return
     conn.send(("ready", listener.address, os.getpid()))
     health = _Health()
@@ -201,6 +215,18 @@ def _alive(process: psutil.Process) -> bool:
 _managers: weakref.WeakSet[LogManager] = weakref.WeakSet()
 
 
+class ManagerStartError(RuntimeError):
+    """The manager process failed to start. The message begins with the manager's own exception
+    (type and message), then its traceback; ``child_type`` names that exception's type."""
+
+    def __init__(self, message: str, child_type: str | None = None) -> None:
+        super().__init__(message)
+        self.child_type = child_type
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.child_type))
+
+
 class LogManager:
     """A ``LogListener`` in a process of its own, started through ``multiprocess``.
 
@@ -209,6 +235,9 @@ class LogManager:
     neither, records go through the manager process's own logging configuration. Give workers
     ``manager.queue``. Start it again with the same *address* and *authkey* after it died, and the
     workers reconnect and deliver what they still hold.
+
+    The arguments are checked here, in the caller, before any process or folder exists; a manager
+    that fails to start leaves neither a process nor a temporary folder behind.
     """
 
     def __init__(
@@ -222,20 +251,39 @@ class LogManager:
         authkey: bytes | None = None,
         start_method: str | None = None,
     ) -> None:
+        caller = "LogManager()"
         if handlers is not None and config is not None:
             raise TypeError("LogManager() takes handlers or a config, not both")
-        self.handlers = list(handlers or ())
+        self.handlers = check_handlers(handlers, caller)
+        if config is not None and not isinstance(config, dict):
+            raise TypeError(
+                f"{caller} expected config as a logging.config.dictConfig dict, got {type(config).__name__!r}"
+            )
+        checked_level = check_level(level, caller)
+        self.address = check_address(address, caller)
+        if authkey is not None and (not isinstance(authkey, bytes) or not authkey):
+            raise TypeError(
+                f"{caller} expected authkey as non-empty bytes (or None for a fresh key), "
+                f"got {type(authkey).__name__!r}"
+                + (": pass bytes.fromhex(key)" if isinstance(authkey, str) else "")
+            )
+        methods = multiprocessing.get_all_start_methods()
+        if start_method is not None and start_method not in methods:
+            raise ValueError(
+                f"{caller} got an unknown start_method {start_method!r} "
+                f"(expected None or one of {', '.join(methods)})"
+            )
         self.config = config
         self.authkey = authkey or os.urandom(32)
-        self.address = address
         self.start_method = start_method
-        self._options = {"level": level, "respect_handler_level": respect_handler_level}
+        self._options = {"level": checked_level, "respect_handler_level": respect_handler_level}
         self._process: Any = None
         self._conn: Any = None
         self._owner = os.getpid()
         self._lock = threading.Lock()
         self._final: dict[str, Any] | None = None
         self._saved_env: tuple[str | None, str | None] | None = None
+        self._private_dir: weakref.finalize[Any, Any] | None = None
         self.pid: int | None = None
 
     @property
@@ -251,28 +299,72 @@ class LogManager:
             raise RuntimeError("this LogManager was already started")
         import multiprocess
 
-        ctx = multiprocess.get_context(self.start_method)
-        self._conn, child_end = ctx.Pipe()
-        options = dict(self._options, address=self.address, authkey=self.authkey)
-        self._process = ctx.Process(
-            target=_serve,
-            args=(child_end, _dump_handlers(self.handlers), self.config, options, os.getpid()),
-            name="logfunnel-manager",
-            daemon=True,
-        )
-        self._process.start()
-        child_end.close()
-        if not self._conn.poll(timeout):
-            self._process.kill()
-            raise RuntimeError(f"the log manager did not start within {timeout} s")
-        reply = self._conn.recv()
-        if reply[0] != "ready":
-            self._process.join(5)
-            raise RuntimeError(f"the log manager failed to start:\n{reply[1]}")
+        address = self.address
+        if address is None:
+            # The folder of the private socket is made and removed here, in the parent, so that it
+            # goes even when the manager process is killed, or dies before it could listen.
+            path = tempfile.mkdtemp(prefix="logfunnel-")  # mode 0700
+            self._private_dir = weakref.finalize(self, shutil.rmtree, path, ignore_errors=True)
+            self._private_dir.atexit = False  # _stop_all() removes it after the manager has drained
+            address = f"unix:{os.path.join(path, 'listener.sock')}"
+        try:
+            ctx = multiprocess.get_context(self.start_method)
+            payload = _dump_handlers(self.handlers)
+            self._conn, child_end = ctx.Pipe()
+            options = dict(self._options, address=address, authkey=self.authkey)
+            self._process = ctx.Process(
+                target=_serve,
+                args=(child_end, payload, self.config, options, os.getpid()),
+                name="logfunnel-manager",
+                daemon=True,
+            )
+            self._process.start()
+            child_end.close()
+            reply = self._wait_until_ready(timeout)
+        except BaseException:
+            self._abandon()
+            raise
         _, self.address, self.pid = reply
         self._saved_env = publish(self.queue)
         _managers.add(self)
         return self
+
+    def _wait_until_ready(self, timeout: float) -> tuple[Any, ...]:
+        process = self._process
+        if not self._conn.poll(timeout):
+            process.kill()
+            raise ManagerStartError(f"the log manager (pid {process.pid}) did not start within {timeout} s")
+        try:
+            reply: tuple[Any, ...] = self._conn.recv()
+        except (EOFError, OSError):
+            process.join(5)
+            raise ManagerStartError(
+                f"the log manager (pid {process.pid}) exited with code {process.exitcode} before it "
+                "listened; its stderr above says why"
+            ) from None
+        if reply[0] != "ready":
+            _, kind, message, child_traceback = reply
+            raise ManagerStartError(
+                f"{kind}: {message}\n\nThe log manager (pid {process.pid}) failed to start:\n"
+                f"{child_traceback}",
+                kind,
+            )
+        return reply
+
+    def _abandon(self) -> None:
+        """After a failed start: no process, no pipe, no folder left; the manager may start again."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._private_dir is not None:
+            self._private_dir()
+            self._private_dir = None
 
     def stats(self, timeout: float = 10.0) -> dict[str, Any]:
         """The listener's figures, fetched from the manager, with its own health under ``manager``."""
@@ -299,9 +391,9 @@ class LogManager:
                     remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                     if not self._conn.poll(remaining):
                         break
-                    kind, value = self._conn.recv()
-                    if kind == "stopped":
-                        self._final = value
+                    reply = self._conn.recv()
+                    if reply[0] == "stopped":
+                        self._final = reply[1]
                         break
             except (EOFError, OSError):
                 pass  # it is already gone
@@ -312,6 +404,9 @@ class LogManager:
                 self._process.join(5)
             self._conn.close()
             self._conn = None
+            if self._private_dir is not None:
+                self._private_dir()
+                self._private_dir = None
         withdraw(self.address, self._saved_env)
         self._saved_env = None
 
@@ -332,6 +427,9 @@ class LogManager:
             except OSError:
                 pass
         self._conn = None
+        if self._private_dir is not None:
+            self._private_dir.detach()  # the parent's to remove
+            self._private_dir = None
 
 
 def _after_fork_in_child() -> None:
