@@ -125,7 +125,7 @@ def test_stats_show_processes_and_the_managers_health(tmp_path):
         health = stats["manager"]
         assert health["pid"] == manager.pid != os.getpid()
         assert health["rss"] > 1_000_000 and health["cpu_percent"] >= 0 and health["records_per_second"] >= 0
-        assert health["backlog_bytes"] == 0
+        assert health["backlog"] == 0 and "backlog_bytes" not in health
         assert [h["backlog"] for h in health["handlers"]] == [0]
 
 
@@ -492,3 +492,60 @@ def test_a_sigkilled_managers_private_folder_is_removed_at_stop(private_tmp):
     os.kill(manager.pid, signal.SIGKILL)
     manager.stop(timeout=10)
     assert os.listdir(private_tmp) == []
+
+
+# -- stats() ------------------------------------------------------------------------------------------
+
+
+def _wait_for_lines(path, count, timeout=30.0):
+    return wait_for(
+        lambda: path.exists() and len(path.read_text(encoding="utf-8").splitlines()) >= count, timeout
+    )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", METHODS)
+def test_first_stats_call_reads_real_cpu_and_rate_not_zero(method, tmp_path):
+    """The first stats() measures from the manager's start: records per second and CPU above 0.0."""
+    path = tmp_path / "first.log"
+    with logfunnel.LogManager([_file_handler(path)], start_method=method) as manager:
+        process = multiprocessing.get_context("fork").Process(
+            target=log_records, args=("f", 2_000, manager.queue)
+        )
+        process.start()
+        process.join(30)
+        assert _wait_for_lines(path, 2_000)  # known without asking stats()
+        health = manager.stats()["manager"]
+    assert health["records_per_second"] > 0.0
+    assert health["cpu_percent"] > 0.0
+
+
+@pytest.mark.timeout(60)
+def test_stats_manager_backlog_is_named_backlog_as_documented(tmp_path):
+    """stats()["manager"] has "backlog" (bytes received, not yet handled), as the README promises."""
+    with logfunnel.LogManager([logging.NullHandler()]) as manager:
+        health = manager.stats()["manager"]
+    assert sorted(health) == ["backlog", "cpu_percent", "handlers", "pid", "records_per_second", "rss"]
+    assert health["backlog"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_stats_after_a_timeout_does_not_return_the_late_reply(tmp_path):
+    """A reply that came after its request timed out is discarded: the next stats() is current."""
+    path = tmp_path / "late.log"
+    with logfunnel.LogManager([_file_handler(path)]) as manager:
+        os.kill(manager.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(
+                TimeoutError, match=r"^the log manager \(pid \d+\) did not answer within 0\.3 s$"
+            ):
+                manager.stats(timeout=0.3)
+        finally:
+            os.kill(manager.pid, signal.SIGCONT)  # it now answers the old request: received 0
+        process = multiprocessing.get_context("fork").Process(
+            target=log_records, args=("l", 10, manager.queue)
+        )
+        process.start()
+        process.join(30)
+        assert _wait_for_lines(path, 10)
+        assert manager.stats()["received"] == 10

@@ -12,6 +12,7 @@ but not their locks or open streams: each gets a fresh lock, and files are reope
 from __future__ import annotations
 
 import atexit
+import collections
 import functools
 import io
 import logging
@@ -44,6 +45,7 @@ __all__ = ["LogManager", "ManagerStartError"]
 
 _POLL = 0.2  # how often the manager looks at its parent and its control pipe
 _READY_TIMEOUT = 60.0
+_RATE_WINDOW = 5.0  # seconds over which stats() reports records per second and CPU
 _STD_STREAMS = {"<stdout>": "stdout", "<stderr>": "stderr"}
 
 
@@ -104,31 +106,39 @@ def _dump_handlers(handlers: list[logging.Handler]) -> bytes:
 
 
 class _Health:
-    """The manager's own figures, for stats(): pid, memory, CPU, recent records per second."""
+    """The manager's own figures, for stats(): pid, memory, CPU, recent records per second.
 
-    def __init__(self) -> None:
+    Rates are measured from a sample taken at the manager's launch (no records, no CPU time: a new
+    process starts both at zero), so the first stats() already reads real figures, not 0.0.
+    """
+
+    def __init__(self, launched: float) -> None:
         import psutil
 
         self.process = psutil.Process()
-        self.process.cpu_percent(None)  # the first reading is meaningless; start the clock
-        self.samples: list[tuple[float, int]] = []
+        # time.process_time() is this process's CPU time to the nanosecond; psutil reads it in clock
+        # ticks (10 ms), which makes a first reading after a quick start look like 0.0.
+        self.samples: collections.deque[tuple[float, int, float]] = collections.deque([(launched, 0, 0.0)])
 
     def __call__(self, listener: LogListener) -> dict[str, Any]:
         stats = listener.stats()
-        now = time.monotonic()
-        self.samples = [s for s in self.samples if now - s[0] <= 5.0] + [(now, stats["received"])]
-        first_time, first_count = self.samples[0]
-        rate = (stats["received"] - first_count) / (now - first_time) if now > first_time else 0.0
-        with self.process.oneshot():
-            stats["manager"] = {
-                "pid": self.process.pid,
-                "rss": self.process.memory_info().rss,
-                "cpu_percent": self.process.cpu_percent(None),
-                "records_per_second": rate,
-                "backlog_bytes": listener.backlog_bytes(),
-                # Handlers run in the listener's thread, one batch at a time: none keeps a queue.
-                "handlers": [{"handler": repr(h), "backlog": 0} for h in listener.handlers],
-            }
+        now, cpu = time.monotonic(), time.process_time()
+        samples = self.samples
+        samples.append((now, stats["received"], cpu))
+        # Measure from the latest sample at least _RATE_WINDOW old (or the oldest there is).
+        while len(samples) > 2 and samples[1][0] <= now - _RATE_WINDOW:
+            samples.popleft()
+        then, received_then, cpu_then = samples[0]
+        elapsed = now - then
+        stats["manager"] = {
+            "pid": self.process.pid,
+            "rss": self.process.memory_info().rss,
+            "cpu_percent": 100.0 * (cpu - cpu_then) / elapsed if elapsed > 0 else 0.0,
+            "records_per_second": (stats["received"] - received_then) / elapsed if elapsed > 0 else 0.0,
+            "backlog": listener.backlog_bytes(),
+            # Handlers run in the listener's thread, one batch at a time: none keeps a queue.
+            "handlers": [{"handler": repr(h), "backlog": 0} for h in listener.handlers],
+        }
         return stats
 
 
@@ -142,6 +152,7 @@ def _serve(
     config: dict[str, Any] | None,
     options: dict[str, Any],
     parent_pid: int,
+    launched: float,
 ) -> None:
     """The manager process: run a listener until told to stop, or until the parent is gone.
 
@@ -155,6 +166,7 @@ def _serve(
         import dill
         import psutil
 
+        health = _Health(launched)
         parent = psutil.Process(parent_pid)
         handlers = dill.loads(payload)
         if config is not None:
@@ -170,17 +182,16 @@ def _serve(
             pass  # the parent gave up on us
         return
     conn.send(("ready", listener.address, os.getpid()))
-    health = _Health()
     # Under fork and spawn the parent is our parent; under forkserver it is not, so ask psutil.
     direct_child = os.getppid() == parent_pid
     while not stopping.is_set():
         try:
             if conn.poll(_POLL):
                 request = conn.recv()
-                if request == "stats":
-                    conn.send(("stats", health(listener)))
-                elif request == "stop":
+                if request == "stop":
                     break
+                if isinstance(request, tuple) and request[0] == "stats":
+                    conn.send(("stats", request[1], health(listener)))
         except (EOFError, OSError):
             break  # the parent closed its end: it is gone, or it gave up on us
         if (direct_child and os.getppid() != parent_pid) or not _alive(parent):
@@ -283,6 +294,7 @@ class LogManager:
         self._lock = threading.Lock()
         self._final: dict[str, Any] | None = None
         self._saved_env: tuple[str | None, str | None] | None = None
+        self._requests = 0
         self._private_dir: weakref.finalize[Any, Any] | None = None
         self.pid: int | None = None
 
@@ -314,7 +326,7 @@ class LogManager:
             options = dict(self._options, address=address, authkey=self.authkey)
             self._process = ctx.Process(
                 target=_serve,
-                args=(child_end, payload, self.config, options, os.getpid()),
+                args=(child_end, payload, self.config, options, os.getpid(), time.monotonic()),
                 name="logfunnel-manager",
                 daemon=True,
             )
@@ -367,17 +379,31 @@ class LogManager:
             self._private_dir = None
 
     def stats(self, timeout: float = 10.0) -> dict[str, Any]:
-        """The listener's figures, fetched from the manager, with its own health under ``manager``."""
+        """The listener's figures, fetched from the manager, with its own health under ``manager``:
+        ``pid``, ``rss``, ``cpu_percent`` and ``records_per_second`` (over the last 5 s, or since the
+        manager started), ``backlog`` (bytes received but not yet handled) and ``handlers``."""
         if self._final is not None:
             return self._final
         if self._conn is None:
             raise RuntimeError("the LogManager is not running")
         with self._lock:
-            self._conn.send("stats")
-            if not self._conn.poll(timeout):
-                raise TimeoutError(f"the log manager (pid {self.pid}) did not answer within {timeout} s")
-            _, stats = self._conn.recv()
-        return stats  # type: ignore[no-any-return]
+            self._requests += 1
+            request = self._requests
+            deadline = time.monotonic() + timeout
+            try:
+                self._conn.send(("stats", request))
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self._conn.poll(remaining):
+                        raise TimeoutError(
+                            f"the log manager (pid {self.pid}) did not answer within {timeout} s"
+                        )
+                    reply = self._conn.recv()
+                    # The late answer to a request that timed out is stale: it is not this one's.
+                    if reply[0] == "stats" and reply[1] == request:
+                        return reply[2]  # type: ignore[no-any-return]
+            except (EOFError, BrokenPipeError, ConnectionResetError):
+                raise RuntimeError(f"the log manager (pid {self.pid}) is gone") from None
 
     def stop(self, timeout: float | None = None) -> None:
         """Have the manager handle everything already sent, close its handlers and exit."""
