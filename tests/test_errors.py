@@ -27,15 +27,21 @@ def short_dir() -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+STANDARD_LEVELS = {"CRITICAL": 50, "ERROR": 40, "WARNING": 30, "INFO": 20, "DEBUG": 10, "NOTSET": 0}
+
+
+@pytest.fixture(autouse=True)
+def standard_levels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the standard level names (other tests register their own in this process), restored after."""
+    monkeypatch.setattr(logging, "_levelToName", {v: k for k, v in STANDARD_LEVELS.items()})
+    monkeypatch.setattr(logging, "_nameToLevel", dict(STANDARD_LEVELS, WARN=30, FATAL=50))
+
+
 @pytest.fixture
-def custom_level() -> Iterator[int]:
-    """A level named VERBOSE (15), registered for the test and removed afterwards."""
+def custom_level() -> int:
+    """A level named VERBOSE (15), registered for the test (standard_levels removes it afterwards)."""
     logging.addLevelName(15, "VERBOSE")
-    try:
-        yield 15
-    finally:
-        logging._levelToName.pop(15, None)
-        logging._nameToLevel.pop("VERBOSE", None)
+    return 15
 
 
 # -- check_handlers -----------------------------------------------------------------------------------

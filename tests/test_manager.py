@@ -6,6 +6,7 @@ import concurrent.futures
 import logging
 import logging.handlers
 import multiprocessing
+import multiprocessing.util
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ import logfunnel
 from _workers import assert_exactly_once, log_records, wait_for
 
 METHODS = ["fork", "spawn", "forkserver"]
+STANDARD_LEVELS = {"CRITICAL": 50, "ERROR": 40, "WARNING": 30, "INFO": 20, "DEBUG": 10, "NOTSET": 0}
 LINE_FORMAT = "%(process)d %(processName)s %(levelname)s %(message)s"
 
 
@@ -332,9 +334,18 @@ def _children() -> set[int]:
     return found
 
 
+def _folders(path):
+    return [name for name in os.listdir(path) if name.startswith("logfunnel-")]
+
+
 @pytest.fixture
 def private_tmp(monkeypatch):
     """tempfile's folder, short and empty, so a test sees every logfunnel-* folder made in it."""
+    import multiprocess.util
+
+    # multiprocessing's own folders (the forkserver's socket) must outlive the test: make them first.
+    multiprocess.util.get_temp_dir()
+    multiprocessing.util.get_temp_dir()
     path = tempfile.mkdtemp(prefix="lfm-")
     monkeypatch.setattr(tempfile, "tempdir", path)
     try:
@@ -384,8 +395,11 @@ def test_manager_with_a_single_handler_raises_type_error_in_caller():
         logfunnel.LogManager(handlers=logging.StreamHandler())
 
 
-def test_manager_with_an_unknown_level_raises_value_error_in_caller():
+def test_manager_with_an_unknown_level_raises_value_error_in_caller(monkeypatch):
     """level='VERBOSE' (not registered) lists the known level names."""
+    # Only the standard names: other tests register levels of their own in this process.
+    monkeypatch.setattr(logging, "_levelToName", {v: k for k, v in STANDARD_LEVELS.items()})
+    monkeypatch.setattr(logging, "_nameToLevel", dict(STANDARD_LEVELS, WARN=30, FATAL=50))
     with pytest.raises(
         ValueError,
         match=r"^LogManager\(\) got an unknown level 'VERBOSE' "
@@ -446,7 +460,7 @@ def test_manager_that_fails_to_start_leaves_no_temporary_folder_or_process(metho
     before = _children()
     with pytest.raises(RuntimeError, match=r"^ValueError: Unable to configure handler 'h'\n"):
         logfunnel.LogManager(config=BAD_CONFIG, start_method=method).start()
-    assert os.listdir(private_tmp) == []
+    assert _folders(private_tmp) == []
     assert _children() == before
 
 
@@ -469,7 +483,7 @@ def test_manager_that_dies_before_it_listens_says_so_without_waiting_for_the_tim
     ):
         logfunnel.LogManager([handler], start_method=method).start(timeout=50)
     assert time.monotonic() - started < 30
-    assert os.listdir(private_tmp) == []
+    assert _folders(private_tmp) == []
 
 
 @pytest.mark.timeout(60)
@@ -487,11 +501,11 @@ def test_a_manager_that_failed_to_start_can_be_started_again(tmp_path):
 def test_a_sigkilled_managers_private_folder_is_removed_at_stop(private_tmp):
     """The parent owns the private socket's folder: it goes at stop() even if the manager was killed."""
     manager = logfunnel.LogManager([logging.NullHandler()]).start()
-    (folder,) = os.listdir(private_tmp)
+    (folder,) = _folders(private_tmp)
     assert manager.address == f"unix:{os.path.join(private_tmp, folder, 'listener.sock')}"
     os.kill(manager.pid, signal.SIGKILL)
     manager.stop(timeout=10)
-    assert os.listdir(private_tmp) == []
+    assert _folders(private_tmp) == []
 
 
 # -- stats() ------------------------------------------------------------------------------------------

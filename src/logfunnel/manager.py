@@ -324,14 +324,17 @@ class LogManager:
             payload = _dump_handlers(self.handlers)
             self._conn, child_end = ctx.Pipe()
             options = dict(self._options, address=address, authkey=self.authkey)
-            self._process = ctx.Process(
+            process = ctx.Process(
                 target=_serve,
                 args=(child_end, payload, self.config, options, os.getpid(), time.monotonic()),
                 name="logfunnel-manager",
                 daemon=True,
             )
-            self._process.start()
-            child_end.close()
+            try:
+                process.start()
+            finally:
+                child_end.close()
+            self._process = process  # only a process that started is one to join or kill
             reply = self._wait_until_ready(timeout)
         except BaseException:
             self._abandon()
