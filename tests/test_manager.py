@@ -563,3 +563,35 @@ def test_stats_after_a_timeout_does_not_return_the_late_reply(tmp_path):
         process.join(30)
         assert _wait_for_lines(path, 10)
         assert manager.stats()["received"] == 10
+
+
+IDLE_PARENT = textwrap.dedent(
+    """
+    import logging, time
+    import logfunnel
+
+    if __name__ == "__main__":
+        manager = logfunnel.LogManager([logging.NullHandler()]).start()
+        print(manager.pid, manager.address, flush=True)
+        time.sleep(600)
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_manager_whose_parent_is_sigkilled_removes_its_private_folder(tmp_path):
+    """The parent makes the private socket's folder; killed outright, the manager removes it on exit."""
+    tmp = tempfile.mkdtemp(prefix="lfk-")
+    env = dict(os.environ, TMPDIR=tmp)
+    parent = subprocess.Popen([sys.executable, "-c", IDLE_PARENT], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        manager_pid, address = parent.stdout.readline().split()
+        assert address.startswith(f"unix:{tmp}/logfunnel-")
+        manager = psutil.Process(int(manager_pid))
+        parent.kill()
+        assert wait_for(lambda: not _running(manager), timeout=10)
+        assert _folders(tmp) == []
+    finally:
+        parent.kill()
+        parent.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -153,6 +153,7 @@ def _serve(
     options: dict[str, Any],
     parent_pid: int,
     launched: float,
+    private_dir: str | None = None,
 ) -> None:
     """The manager process: run a listener until told to stop, or until the parent is gone.
 
@@ -206,6 +207,9 @@ def _serve(
         except Exception:
             pass
     logging.shutdown()
+    if private_dir is not None:
+        # Made by the parent, which removes it at stop(); but a parent killed outright never will.
+        shutil.rmtree(private_dir, ignore_errors=True)
     try:
         conn.send(("stopped", final))
     except OSError:
@@ -311,14 +315,14 @@ class LogManager:
             raise RuntimeError("this LogManager was already started")
         import multiprocess
 
-        address = self.address
+        address, private = self.address, None
         if address is None:
             # The folder of the private socket is made and removed here, in the parent, so that it
             # goes even when the manager process is killed, or dies before it could listen.
-            path = tempfile.mkdtemp(prefix="logfunnel-")  # mode 0700
-            self._private_dir = weakref.finalize(self, shutil.rmtree, path, ignore_errors=True)
+            private = tempfile.mkdtemp(prefix="logfunnel-")  # mode 0700
+            self._private_dir = weakref.finalize(self, shutil.rmtree, private, ignore_errors=True)
             self._private_dir.atexit = False  # _stop_all() removes it after the manager has drained
-            address = f"unix:{os.path.join(path, 'listener.sock')}"
+            address = f"unix:{os.path.join(private, 'listener.sock')}"
         try:
             ctx = multiprocess.get_context(self.start_method)
             payload = _dump_handlers(self.handlers)
@@ -326,7 +330,7 @@ class LogManager:
             options = dict(self._options, address=address, authkey=self.authkey)
             process = ctx.Process(
                 target=_serve,
-                args=(child_end, payload, self.config, options, os.getpid(), time.monotonic()),
+                args=(child_end, payload, self.config, options, os.getpid(), time.monotonic(), private),
                 name="logfunnel-manager",
                 daemon=True,
             )
