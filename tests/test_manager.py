@@ -8,6 +8,7 @@ import logging.handlers
 import multiprocessing
 import multiprocessing.util
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -462,6 +463,13 @@ def test_manager_that_fails_to_start_leaves_no_temporary_folder_or_process(metho
         logfunnel.LogManager(config=BAD_CONFIG, start_method=method).start()
     assert _folders(private_tmp) == []
     assert _children() == before
+
+
+def test_manager_start_error_survives_pickling():
+    """ManagerStartError keeps its message and child_type through pickle (it may be re-raised elsewhere)."""
+    error = logfunnel.manager.ManagerStartError("ValueError: bad\n\ntraceback", "ValueError")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), str(copy), copy.child_type) == (type(error), str(error), "ValueError")
 
 
 class _ExitOnLoad:
