@@ -6,11 +6,15 @@ import concurrent.futures
 import logging
 import logging.handlers
 import multiprocessing
+import multiprocessing.util
 import os
+import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections import Counter
@@ -22,6 +26,7 @@ import logfunnel
 from _workers import assert_exactly_once, log_records, wait_for
 
 METHODS = ["fork", "spawn", "forkserver"]
+STANDARD_LEVELS = {"CRITICAL": 50, "ERROR": 40, "WARNING": 30, "INFO": 20, "DEBUG": 10, "NOTSET": 0}
 LINE_FORMAT = "%(process)d %(processName)s %(levelname)s %(message)s"
 
 
@@ -123,7 +128,7 @@ def test_stats_show_processes_and_the_managers_health(tmp_path):
         health = stats["manager"]
         assert health["pid"] == manager.pid != os.getpid()
         assert health["rss"] > 1_000_000 and health["cpu_percent"] >= 0 and health["records_per_second"] >= 0
-        assert health["backlog_bytes"] == 0
+        assert health["backlog"] == 0 and "backlog_bytes" not in health
         assert [h["backlog"] for h in health["handlers"]] == [0]
 
 
@@ -312,3 +317,289 @@ def test_sigkilled_manager_never_hangs_workers_and_a_restart_gets_the_rest(tmp_p
         total_dropped += entry["dropped"]
         total_lost += entry["lost"]
     assert total_dropped > 0 and total_lost > 0, "the stall should have cost drops and in-flight losses"
+
+
+# -- errors in the caller, and failed starts ---------------------------------------------------------
+
+
+def _children() -> set[int]:
+    """This process's children, multiprocessing's forkserver and resource tracker aside."""
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "forkserver" not in cmdline and "resource_tracker" not in cmdline:
+            found.add(child.pid)
+    return found
+
+
+def _folders(path):
+    return [name for name in os.listdir(path) if name.startswith("logfunnel-")]
+
+
+@pytest.fixture
+def private_tmp(monkeypatch):
+    """tempfile's folder, short and empty, so a test sees every logfunnel-* folder made in it."""
+    import multiprocess.util
+
+    # multiprocessing's own folders (the forkserver's socket) must outlive the test: make them first.
+    multiprocess.util.get_temp_dir()
+    multiprocessing.util.get_temp_dir()
+    path = tempfile.mkdtemp(prefix="lfm-")
+    monkeypatch.setattr(tempfile, "tempdir", path)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_manager_with_bogus_address_raises_value_error_in_caller():
+    """address='bogus' fails in LogManager(), before any process starts, with the expected forms."""
+    before = _children()
+    with pytest.raises(
+        ValueError,
+        match=r"^LogManager\(\) expected an address like 'unix:/path' or 'tcp://127\.0\.0\.1:PORT', "
+        r"got 'bogus'$",
+    ):
+        logfunnel.LogManager([logging.NullHandler()], address="bogus")
+    assert _children() == before
+
+
+def test_manager_with_a_missing_socket_folder_raises_file_not_found_in_caller():
+    """A unix: address in a folder that does not exist names the path and the folder."""
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"^LogManager\(\) got address='unix:/missing/dir/x\.sock': "
+        r"the folder /missing/dir does not exist",
+    ):
+        logfunnel.LogManager(address="unix:/missing/dir/x.sock")
+
+
+def test_manager_with_a_string_in_handlers_raises_type_error_in_caller():
+    """handlers=["x"] names the type and position, not a RuntimeError wrapping the child's traceback."""
+    with pytest.raises(
+        TypeError,
+        match=r"^LogManager\(\) expected logging\.Handler objects in handlers, got 'str' at position 0$",
+    ):
+        logfunnel.LogManager(handlers=["x"])
+
+
+def test_manager_with_a_single_handler_raises_type_error_in_caller():
+    """handlers=StreamHandler() says to pass [handler]."""
+    with pytest.raises(
+        TypeError,
+        match=r"^LogManager\(\) expected a list of logging\.Handler objects for handlers, "
+        r"got a single StreamHandler: pass \[handler\]$",
+    ):
+        logfunnel.LogManager(handlers=logging.StreamHandler())
+
+
+def test_manager_with_an_unknown_level_raises_value_error_in_caller(monkeypatch):
+    """level='VERBOSE' (not registered) lists the known level names."""
+    # Only the standard names: other tests register levels of their own in this process.
+    monkeypatch.setattr(logging, "_levelToName", {v: k for k, v in STANDARD_LEVELS.items()})
+    monkeypatch.setattr(logging, "_nameToLevel", dict(STANDARD_LEVELS, WARN=30, FATAL=50))
+    with pytest.raises(
+        ValueError,
+        match=r"^LogManager\(\) got an unknown level 'VERBOSE' "
+        r"\(expected an int or one of CRITICAL, ERROR, WARNING, INFO, DEBUG, NOTSET\)$",
+    ):
+        logfunnel.LogManager(level="VERBOSE")
+
+
+def test_manager_with_an_unknown_start_method_raises_value_error_in_caller():
+    """start_method='thread' names the methods this platform has."""
+    with pytest.raises(
+        ValueError,
+        match=r"^LogManager\(\) got an unknown start_method 'thread' \(expected None or one of .*fork",
+    ):
+        logfunnel.LogManager(start_method="thread")
+
+
+def test_manager_with_a_hex_string_authkey_raises_type_error_in_caller():
+    """authkey='00ff' (the hex of LOGFUNNEL_AUTHKEY) says to pass bytes.fromhex(key)."""
+    with pytest.raises(
+        TypeError,
+        match=r"^LogManager\(\) expected authkey as non-empty bytes \(or None for a fresh key\), "
+        r"got 'str': pass bytes\.fromhex\(key\)$",
+    ):
+        logfunnel.LogManager(authkey="00ff")
+
+
+def test_manager_with_a_config_that_is_not_a_dict_raises_type_error_in_caller():
+    """config='logging.toml' (a path) is refused: it must be a dictConfig dict."""
+    with pytest.raises(
+        TypeError, match=r"^LogManager\(\) expected config as a logging\.config\.dictConfig dict, got 'str'$"
+    ):
+        logfunnel.LogManager(config="logging.toml")
+
+
+BAD_CONFIG = {"version": 1, "handlers": {"h": {"class": "no.such.Handler"}}}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", METHODS)
+def test_manager_that_fails_to_start_reports_the_childs_exception_first(method):
+    """A config the manager cannot build: the child's exception comes first, then its traceback."""
+    manager = logfunnel.LogManager(config=BAD_CONFIG, start_method=method)
+    with pytest.raises(logfunnel.manager.ManagerStartError) as caught:
+        manager.start()
+    first, _, rest = str(caught.value).partition("\n")
+    assert re.fullmatch(r"ValueError: Unable to configure handler 'h'", first), first
+    assert re.search(
+        r"The log manager \(pid \d+\) failed to start:\nTraceback \(most recent call last\):", rest
+    )
+    assert caught.value.child_type == "ValueError"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", METHODS)
+def test_manager_that_fails_to_start_leaves_no_temporary_folder_or_process(method, private_tmp):
+    """After a failed start: no logfunnel-* folder in the temporary directory, no manager process."""
+    before = _children()
+    with pytest.raises(RuntimeError, match=r"^ValueError: Unable to configure handler 'h'\n"):
+        logfunnel.LogManager(config=BAD_CONFIG, start_method=method).start()
+    assert _folders(private_tmp) == []
+    assert _children() == before
+
+
+def test_manager_start_error_survives_pickling():
+    """ManagerStartError keeps its message and child_type through pickle (it may be re-raised elsewhere)."""
+    error = logfunnel.manager.ManagerStartError("ValueError: bad\n\ntraceback", "ValueError")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), str(copy), copy.child_type) == (type(error), str(error), "ValueError")
+
+
+class _ExitOnLoad:
+    """Unpickled in the manager process, it ends that process at once, before it can answer."""
+
+    def __reduce__(self):
+        return (os._exit, (3,))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", METHODS)
+def test_manager_that_dies_before_it_listens_says_so_without_waiting_for_the_timeout(method, private_tmp):
+    """A manager process that exits before answering: a prompt error with its exit code, nothing left."""
+    handler = logging.NullHandler()
+    handler.bomb = _ExitOnLoad()
+    started = time.monotonic()
+    with pytest.raises(
+        RuntimeError, match=r"^the log manager \(pid \d+\) exited with code 3 before it listened"
+    ):
+        logfunnel.LogManager([handler], start_method=method).start(timeout=50)
+    assert time.monotonic() - started < 30
+    assert _folders(private_tmp) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_manager_that_failed_to_start_can_be_started_again(tmp_path):
+    """After a failed start the same LogManager starts once the cause is gone."""
+    manager = logfunnel.LogManager(config=BAD_CONFIG)
+    with pytest.raises(RuntimeError):
+        manager.start()
+    manager.config = {"version": 1, "handlers": {"h": {"class": "logging.NullHandler"}}}
+    with manager:
+        assert manager.stats()["received"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_sigkilled_managers_private_folder_is_removed_at_stop(private_tmp):
+    """The parent owns the private socket's folder: it goes at stop() even if the manager was killed."""
+    manager = logfunnel.LogManager([logging.NullHandler()]).start()
+    (folder,) = _folders(private_tmp)
+    assert manager.address == f"unix:{os.path.join(private_tmp, folder, 'listener.sock')}"
+    os.kill(manager.pid, signal.SIGKILL)
+    manager.stop(timeout=10)
+    assert _folders(private_tmp) == []
+
+
+# -- stats() ------------------------------------------------------------------------------------------
+
+
+def _wait_for_lines(path, count, timeout=30.0):
+    return wait_for(
+        lambda: path.exists() and len(path.read_text(encoding="utf-8").splitlines()) >= count, timeout
+    )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", METHODS)
+def test_first_stats_call_reads_real_cpu_and_rate_not_zero(method, tmp_path):
+    """The first stats() measures from the manager's start: records per second and CPU above 0.0."""
+    path = tmp_path / "first.log"
+    with logfunnel.LogManager([_file_handler(path)], start_method=method) as manager:
+        process = multiprocessing.get_context("fork").Process(
+            target=log_records, args=("f", 2_000, manager.queue)
+        )
+        process.start()
+        process.join(30)
+        assert _wait_for_lines(path, 2_000)  # known without asking stats()
+        health = manager.stats()["manager"]
+    assert health["records_per_second"] > 0.0
+    assert health["cpu_percent"] > 0.0
+
+
+@pytest.mark.timeout(60)
+def test_stats_manager_backlog_is_named_backlog_as_documented(tmp_path):
+    """stats()["manager"] has "backlog" (bytes received, not yet handled), as the README promises."""
+    with logfunnel.LogManager([logging.NullHandler()]) as manager:
+        health = manager.stats()["manager"]
+    assert sorted(health) == ["backlog", "cpu_percent", "handlers", "pid", "records_per_second", "rss"]
+    assert health["backlog"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_stats_after_a_timeout_does_not_return_the_late_reply(tmp_path):
+    """A reply that came after its request timed out is discarded: the next stats() is current."""
+    path = tmp_path / "late.log"
+    with logfunnel.LogManager([_file_handler(path)]) as manager:
+        os.kill(manager.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(
+                TimeoutError, match=r"^the log manager \(pid \d+\) did not answer within 0\.3 s$"
+            ):
+                manager.stats(timeout=0.3)
+        finally:
+            os.kill(manager.pid, signal.SIGCONT)  # it now answers the old request: received 0
+        process = multiprocessing.get_context("fork").Process(
+            target=log_records, args=("l", 10, manager.queue)
+        )
+        process.start()
+        process.join(30)
+        assert _wait_for_lines(path, 10)
+        assert manager.stats()["received"] == 10
+
+
+IDLE_PARENT = textwrap.dedent(
+    """
+    import logging, time
+    import logfunnel
+
+    if __name__ == "__main__":
+        manager = logfunnel.LogManager([logging.NullHandler()]).start()
+        print(manager.pid, manager.address, flush=True)
+        time.sleep(600)
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_manager_whose_parent_is_sigkilled_removes_its_private_folder(tmp_path):
+    """The parent makes the private socket's folder; killed outright, the manager removes it on exit."""
+    tmp = tempfile.mkdtemp(prefix="lfk-")
+    env = dict(os.environ, TMPDIR=tmp)
+    parent = subprocess.Popen([sys.executable, "-c", IDLE_PARENT], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        manager_pid, address = parent.stdout.readline().split()
+        assert address.startswith(f"unix:{tmp}/logfunnel-")
+        manager = psutil.Process(int(manager_pid))
+        parent.kill()
+        assert wait_for(lambda: not _running(manager), timeout=10)
+        assert _folders(tmp) == []
+    finally:
+        parent.kill()
+        parent.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)

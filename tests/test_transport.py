@@ -9,6 +9,7 @@ import hmac
 import logging
 import os
 import pickle
+import re
 import shutil
 import socket
 import stat
@@ -74,6 +75,10 @@ def test_parse_address_splits_family_and_socket_address(address: str, expected: 
         ("tcp://host:port", r"^expected 'tcp://HOST:PORT', got 'tcp://host:port'$"),
         ("tcp://host:-1", r"^expected 'tcp://HOST:PORT', got 'tcp://host:-1'$"),
         ("tcp://[::1]", r"^expected 'tcp://HOST:PORT', got 'tcp://\[::1\]'$"),
+        (
+            "tcp://127.0.0.1:65536",
+            r"^expected a port from 0 to 65535 in 'tcp://HOST:PORT', got 'tcp://127\.0\.0\.1:65536'$",
+        ),
         (
             "/tmp/x.sock",
             r"^expected an address like 'unix:/path' or 'tcp://127\.0\.0\.1:PORT', got '/tmp/x\.sock'$",
@@ -190,6 +195,48 @@ def test_queue_handle_from_environment_without_a_listener(
     assert QueueHandle.from_environment() is None
 
 
+def test_non_hex_authkey_in_the_environment_is_a_value_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A LOGFUNNEL_AUTHKEY that is not hex says which variable is wrong and what it must hold."""
+    monkeypatch.setenv(_transport.ADDRESS_ENV, "tcp://127.0.0.1:4000")
+    monkeypatch.setenv(_transport.AUTHKEY_ENV, "zz" + KEY.hex())
+    with pytest.raises(
+        ValueError,
+        match=r"^LOGFUNNEL_AUTHKEY must hold the listener's auth key as hex, got 'zz…' \(66 characters, "
+        r"a non-hex character at 0\); set it to the listener's queue\.authkey\.hex\(\), or unset it$",
+    ):
+        QueueHandle.from_environment()
+
+
+def test_non_hex_authkey_error_does_not_show_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The message shows at most the first two characters of a malformed key, never the key."""
+    secret = KEY.hex() + "x"
+    monkeypatch.setenv(_transport.AUTHKEY_ENV, secret)
+    with pytest.raises(ValueError) as caught:
+        _transport.authkey_from_environment()
+    assert "'00…'" in str(caught.value) and secret[:3] not in str(caught.value)
+
+
+def test_authkey_of_an_odd_number_of_hex_digits_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key cut short by one digit is reported as odd, not as a bad character."""
+    monkeypatch.setenv(_transport.AUTHKEY_ENV, KEY.hex()[:-1])
+    with pytest.raises(
+        ValueError, match=r"^LOGFUNNEL_AUTHKEY .* \(63 characters, an odd number of hex digits\)"
+    ):
+        _transport.authkey_from_environment()
+
+
+def test_authkey_from_environment_reads_hex(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hex key becomes bytes; an unset or blank variable is None."""
+    monkeypatch.setenv(_transport.AUTHKEY_ENV, KEY.hex())
+    assert _transport.authkey_from_environment() == KEY
+    monkeypatch.setenv(_transport.AUTHKEY_ENV, " ")
+    assert _transport.authkey_from_environment() is None
+    monkeypatch.delenv(_transport.AUTHKEY_ENV)
+    assert _transport.authkey_from_environment() is None
+
+
 @pytest.mark.timeout(30)
 def test_a_running_listener_publishes_its_handle_for_children(monkeypatch: pytest.MonkeyPatch) -> None:
     """While a listener runs, from_environment() returns its handle; after stop() the variables are gone."""
@@ -256,6 +303,53 @@ def test_create_server_refuses_a_path_in_use(short_dir: str) -> None:
             create_server(f"unix:{path}")
     finally:
         first.close()
+
+
+def test_create_server_in_a_missing_folder_names_the_path_and_the_folder(short_dir: str) -> None:
+    """bind() would say only "No such file or directory"; the error names the address and its folder."""
+    address = f"unix:{short_dir}/missing/l.sock"
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"^address='{re.escape(address)}': the folder {re.escape(short_dir)}/missing does not exist "
+        r"\(create it first, or leave address=None for a private socket\)$",
+    ):
+        create_server(address)
+
+
+def test_create_server_with_a_socket_path_too_long_names_the_limit(short_dir: str) -> None:
+    """bind() would say "AF_UNIX path too long"; the error names the path, its length and the limit."""
+    address = f"unix:{short_dir}/{'s' * 120}.sock"
+    limit = _transport.MAX_UNIX_PATH
+    with pytest.raises(
+        ValueError,
+        match=rf"^address='unix:.*': the socket path is \d+ bytes long, and a Unix socket allows {limit} ",
+    ):
+        create_server(address)
+
+
+def test_create_server_bind_error_names_the_address() -> None:
+    """A port already taken: the OSError says where it could not listen, and keeps its errno."""
+    taken, address, _ = create_server("tcp://127.0.0.1:0")
+    try:
+        with pytest.raises(
+            OSError, match=rf"^\[Errno 98\] could not listen at {re.escape(address)}: "
+        ) as caught:
+            create_server(address)
+        assert caught.value.errno == 98
+    finally:
+        taken.close()
+
+
+def test_create_server_that_fails_removes_its_private_folder(
+    short_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A private socket that cannot be bound leaves no logfunnel-* folder behind."""
+    deep = os.path.join(short_dir, "d" * 100)
+    os.mkdir(deep)
+    monkeypatch.setattr(tempfile, "tempdir", deep)
+    with pytest.raises(ValueError, match=r"^address='unix:.*': the socket path is \d+ bytes long"):
+        create_server(None)
+    assert os.listdir(deep) == []
 
 
 def test_create_server_on_tcp_port_zero_reports_the_real_port() -> None:

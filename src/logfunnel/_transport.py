@@ -18,8 +18,11 @@ import errno
 import hashlib
 import hmac
 import os
+import shutil
 import socket
 import stat
+import string
+import sys
 import tempfile
 from typing import Any
 
@@ -32,6 +35,8 @@ __all__ = [
     "AuthenticationError",
     "QueueHandle",
     "answer",
+    "authkey_from_environment",
+    "check_unix_path",
     "connect",
     "create_server",
     "parse_address",
@@ -47,6 +52,9 @@ CHALLENGE_SIZE = 32
 DIGEST_SIZE = 32
 HANDSHAKE_TIMEOUT = 10.0
 _HANDSHAKE_FRAME_LIMIT = 1024 * 1024
+# The longest path a Unix socket can bind: sun_path is 108 bytes on Linux, 104 on the BSDs and macOS,
+# and both count the terminating NUL.
+MAX_UNIX_PATH = 107 if sys.platform.startswith("linux") else 103
 
 
 class AuthenticationError(ConnectionError):
@@ -73,10 +81,31 @@ def parse_address(address: str) -> tuple[socket.AddressFamily, Any]:
         host, sep, port = address[len("tcp://") :].rpartition(":")
         if not sep or not port.isdigit() or not host:
             raise ValueError(f"expected 'tcp://HOST:PORT', got {address!r}")
+        if int(port) > 65535:
+            raise ValueError(f"expected a port from 0 to 65535 in 'tcp://HOST:PORT', got {address!r}")
         if host.startswith("[") and host.endswith("]"):
             return socket.AF_INET6, (host[1:-1], int(port))
         return socket.AF_INET, (host, int(port))
     raise ValueError(f"expected an address like 'unix:/path' or 'tcp://127.0.0.1:PORT', got {address!r}")
+
+
+def check_unix_path(address: str, path: str) -> None:
+    """Refuse a socket path that cannot be bound, naming it: a missing folder, a folder that is a
+    file, or a path longer than a Unix socket allows (bind's own errors do not name the path)."""
+    folder = os.path.dirname(path) or "."
+    if not os.path.exists(folder):
+        raise FileNotFoundError(
+            f"address={address!r}: the folder {folder} does not exist "
+            "(create it first, or leave address=None for a private socket)"
+        )
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(f"address={address!r}: {folder} is not a folder")
+    size = len(os.fsencode(path))
+    if size > MAX_UNIX_PATH:
+        raise ValueError(
+            f"address={address!r}: the socket path is {size} bytes long, and a Unix socket allows "
+            f"{MAX_UNIX_PATH} (choose a shorter path, e.g. under /tmp)"
+        )
 
 
 def format_address(family: socket.AddressFamily, sockaddr: Any) -> str:
@@ -107,10 +136,12 @@ class QueueHandle:
     def from_environment(cls) -> QueueHandle | None:
         """The handle that a running listener published for its children, if any."""
         address = os.environ.get(ADDRESS_ENV)
-        key = os.environ.get(AUTHKEY_ENV)
-        if not address or not key:
+        if not address:
             return None
-        return cls(address, bytes.fromhex(key))
+        key = authkey_from_environment()
+        if key is None:
+            return None
+        return cls(address, key)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (QueueHandle, (self.address, self.authkey))
@@ -125,6 +156,26 @@ class QueueHandle:
 
     def __repr__(self) -> str:
         return f"QueueHandle({self.address!r})"  # the key stays out of logs
+
+
+def authkey_from_environment() -> bytes | None:
+    """The auth key in ``LOGFUNNEL_AUTHKEY`` (hex), None if unset; a ValueError naming the variable,
+    and showing no more than the first two characters of its value, if it is not hex."""
+    value = os.environ.get(AUTHKEY_ENV, "")
+    if not value.strip():
+        return None
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        pass
+    allowed = set(string.hexdigits + string.whitespace)
+    position = next((i for i, char in enumerate(value) if char not in allowed), None)
+    problem = "an odd number of hex digits" if position is None else f"a non-hex character at {position}"
+    shown = value[: min(2, len(value) // 2)] + "…"  # the key is a secret: never print it whole
+    raise ValueError(
+        f"{AUTHKEY_ENV} must hold the listener's auth key as hex, got {shown!r} ({len(value)} characters, "
+        f"{problem}); set it to the listener's queue.authkey.hex(), or unset it"
+    )
 
 
 def publish(handle: QueueHandle) -> tuple[str | None, str | None]:
@@ -152,23 +203,36 @@ def create_server(address: str | None) -> tuple[socket.socket, str, str | None]:
     if address is None:
         private_dir = tempfile.mkdtemp(prefix="logfunnel-")  # mode 0700
         address = f"unix:{os.path.join(private_dir, 'listener.sock')}"
-    family, sockaddr = parse_address(address)
-    if family == socket.AF_UNIX:
-        _remove_stale_socket(sockaddr)
-    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
+        family, sockaddr = parse_address(address)
         if family == socket.AF_UNIX:
-            old_umask = os.umask(0o177)  # the socket file is created 0600
-            try:
+            check_unix_path(address, sockaddr)
+            _remove_stale_socket(sockaddr)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except BaseException:
+        if private_dir is not None:
+            shutil.rmtree(private_dir, ignore_errors=True)
+        raise
+    try:
+        try:
+            if family == socket.AF_UNIX:
+                old_umask = os.umask(0o177)  # the socket file is created 0600
+                try:
+                    sock.bind(sockaddr)
+                finally:
+                    os.umask(old_umask)
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(sockaddr)
-            finally:
-                os.umask(old_umask)
-        else:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(sockaddr)
-        sock.listen(socket.SOMAXCONN)
+            sock.listen(socket.SOMAXCONN)
+        except OSError as exc:
+            # bind() says "Address already in use" or "Permission denied" without saying where.
+            message = f"could not listen at {address}: {exc.strerror or exc}"
+            raise (type(exc)(exc.errno, message) if exc.errno else type(exc)(message)) from exc
     except BaseException:
         sock.close()
+        if private_dir is not None:
+            shutil.rmtree(private_dir, ignore_errors=True)
         raise
     return sock, format_address(family, sock.getsockname()), private_dir
 

@@ -12,31 +12,40 @@ but not their locks or open streams: each gets a fresh lock, and files are reope
 from __future__ import annotations
 
 import atexit
+import collections
+import functools
 import io
 import logging
 import logging.config
+import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
 import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dill
-import multiprocess
-import psutil
-
+from ._checks import check_address, check_handlers, check_level
 from ._handling import banner
 from ._transport import QueueHandle, publish, withdraw
 from .listener import LogListener
 
-__all__ = ["LogManager"]
+if TYPE_CHECKING:
+    # multiprocess, dill and psutil are imported where a manager starts, never by `import logfunnel`:
+    # together they cost ~100 modules and ~60 ms, and dill keeps `__main__` alive until late in the
+    # interpreter's shutdown, after `logging` is torn down, so a `__del__` that logs at exit is lost.
+    import psutil
+
+__all__ = ["LogManager", "ManagerStartError"]
 
 _POLL = 0.2  # how often the manager looks at its parent and its control pipe
 _READY_TIMEOUT = 60.0
+_RATE_WINDOW = 5.0  # seconds over which stats() reports records per second and CPU
 _STD_STREAMS = {"<stdout>": "stdout", "<stderr>": "stderr"}
 
 
@@ -53,34 +62,43 @@ def _rebuild_handler(cls: type[logging.Handler], state: dict[str, Any], std: str
     return handler
 
 
-class _HandlerPickler(dill.Pickler):  # type: ignore[misc]
-    """dill, except that a handler travels without its lock and its open stream."""
+def _reduce_handler(obj: Any) -> Any:
+    """A handler travels without its lock and its open stream; anything else as dill sees fit."""
+    if not isinstance(obj, logging.Handler):
+        return NotImplemented
+    state = dict(obj.__dict__)
+    state.pop("lock", None)
+    std = None
+    stream = state.get("stream")
+    if isinstance(obj, logging.FileHandler):
+        state["stream"] = None  # reopened in the manager, on the first record
+        if stream is not None and obj.mode == "w":
+            state["mode"] = "a"  # the parent already truncated it; do not lose what is there
+    elif stream is not None:
+        std = next((name for key, name in _STD_STREAMS.items() if getattr(stream, "name", None) == key), None)
+        if std is not None:
+            state["stream"] = None
+    if "sock" in state:
+        state["sock"] = None  # SocketHandler and friends reconnect on their own
+    return _rebuild_handler, (type(obj), state, std)
 
-    def reducer_override(self, obj: Any) -> Any:
-        if not isinstance(obj, logging.Handler):
-            return NotImplemented
-        state = dict(obj.__dict__)
-        state.pop("lock", None)
-        std = None
-        stream = state.get("stream")
-        if isinstance(obj, logging.FileHandler):
-            state["stream"] = None  # reopened in the manager, on the first record
-            if stream is not None and obj.mode == "w":
-                state["mode"] = "a"  # the parent already truncated it; do not lose what is there
-        elif stream is not None:
-            std = next(
-                (name for key, name in _STD_STREAMS.items() if getattr(stream, "name", None) == key), None
-            )
-            if std is not None:
-                state["stream"] = None
-        if "sock" in state:
-            state["sock"] = None  # SocketHandler and friends reconnect on their own
-        return _rebuild_handler, (type(obj), state, std)
+
+@functools.cache
+def _handler_pickler() -> Any:
+    import dill
+
+    class _HandlerPickler(dill.Pickler):  # type: ignore[misc]
+        """dill, except that a handler travels without its lock and its open stream."""
+
+        def reducer_override(self, obj: Any) -> Any:
+            return _reduce_handler(obj)
+
+    return _HandlerPickler
 
 
 def _dump_handlers(handlers: list[logging.Handler]) -> bytes:
     buffer = io.BytesIO()
-    _HandlerPickler(buffer, recurse=True).dump(handlers)
+    _handler_pickler()(buffer, recurse=True).dump(handlers)
     return buffer.getvalue()
 
 
@@ -88,30 +106,44 @@ def _dump_handlers(handlers: list[logging.Handler]) -> bytes:
 
 
 class _Health:
-    """The manager's own figures, for stats(): pid, memory, CPU, recent records per second."""
+    """The manager's own figures, for stats(): pid, memory, CPU, recent records per second.
 
-    def __init__(self) -> None:
+    Rates are measured from a sample taken at the manager's launch (no records, no CPU time: a new
+    process starts both at zero), so the first stats() already reads real figures, not 0.0.
+    """
+
+    def __init__(self, launched: float) -> None:
+        import psutil
+
         self.process = psutil.Process()
-        self.process.cpu_percent(None)  # the first reading is meaningless; start the clock
-        self.samples: list[tuple[float, int]] = []
+        # time.process_time() is this process's CPU time to the nanosecond; psutil reads it in clock
+        # ticks (10 ms), which makes a first reading after a quick start look like 0.0.
+        self.samples: collections.deque[tuple[float, int, float]] = collections.deque([(launched, 0, 0.0)])
 
     def __call__(self, listener: LogListener) -> dict[str, Any]:
         stats = listener.stats()
-        now = time.monotonic()
-        self.samples = [s for s in self.samples if now - s[0] <= 5.0] + [(now, stats["received"])]
-        first_time, first_count = self.samples[0]
-        rate = (stats["received"] - first_count) / (now - first_time) if now > first_time else 0.0
-        with self.process.oneshot():
-            stats["manager"] = {
-                "pid": self.process.pid,
-                "rss": self.process.memory_info().rss,
-                "cpu_percent": self.process.cpu_percent(None),
-                "records_per_second": rate,
-                "backlog_bytes": listener.backlog_bytes(),
-                # Handlers run in the listener's thread, one batch at a time: none keeps a queue.
-                "handlers": [{"handler": repr(h), "backlog": 0} for h in listener.handlers],
-            }
+        now, cpu = time.monotonic(), time.process_time()
+        samples = self.samples
+        samples.append((now, stats["received"], cpu))
+        # Measure from the latest sample at least _RATE_WINDOW old (or the oldest there is).
+        while len(samples) > 2 and samples[1][0] <= now - _RATE_WINDOW:
+            samples.popleft()
+        then, received_then, cpu_then = samples[0]
+        elapsed = now - then
+        stats["manager"] = {
+            "pid": self.process.pid,
+            "rss": self.process.memory_info().rss,
+            "cpu_percent": 100.0 * (cpu - cpu_then) / elapsed if elapsed > 0 else 0.0,
+            "records_per_second": (stats["received"] - received_then) / elapsed if elapsed > 0 else 0.0,
+            "backlog": listener.backlog_bytes(),
+            # Handlers run in the listener's thread, one batch at a time: none keeps a queue.
+            "handlers": [{"handler": repr(h), "backlog": 0} for h in listener.handlers],
+        }
         return stats
+
+
+def _qualified_name(kind: type) -> str:
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _serve(
@@ -120,33 +152,47 @@ def _serve(
     config: dict[str, Any] | None,
     options: dict[str, Any],
     parent_pid: int,
+    launched: float,
+    private_dir: str | None = None,
 ) -> None:
-    """The manager process: run a listener until told to stop, or until the parent is gone."""
+    """The manager process: run a listener until told to stop, or until the parent is gone.
+
+    A module-level function, so that spawn and forkserver children can import it.
+    """
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
+    listener = None
     try:
+        import dill
+        import psutil
+
+        health = _Health(launched)
         parent = psutil.Process(parent_pid)
         handlers = dill.loads(payload)
         if config is not None:
             logging.config.dictConfig(config)
         listener = LogListener(None, *handlers, **options)
         listener.start()
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
+    except BaseException as exc:
+        if listener is not None:
+            listener.stop()  # closes the socket and removes its file
+        try:
+            conn.send(("error", _qualified_name(type(exc)), str(exc), traceback.format_exc()))
+        except OSError:
+            pass  # the parent gave up on us
         return
     conn.send(("ready", listener.address, os.getpid()))
-    health = _Health()
     # Under fork and spawn the parent is our parent; under forkserver it is not, so ask psutil.
     direct_child = os.getppid() == parent_pid
     while not stopping.is_set():
         try:
             if conn.poll(_POLL):
                 request = conn.recv()
-                if request == "stats":
-                    conn.send(("stats", health(listener)))
-                elif request == "stop":
+                if request == "stop":
                     break
+                if isinstance(request, tuple) and request[0] == "stats":
+                    conn.send(("stats", request[1], health(listener)))
         except (EOFError, OSError):
             break  # the parent closed its end: it is gone, or it gave up on us
         if (direct_child and os.getppid() != parent_pid) or not _alive(parent):
@@ -161,6 +207,9 @@ def _serve(
         except Exception:
             pass
     logging.shutdown()
+    if private_dir is not None:
+        # Made by the parent, which removes it at stop(); but a parent killed outright never will.
+        shutil.rmtree(private_dir, ignore_errors=True)
     try:
         conn.send(("stopped", final))
     except OSError:
@@ -168,6 +217,8 @@ def _serve(
 
 
 def _alive(process: psutil.Process) -> bool:
+    import psutil
+
     try:
         return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
@@ -179,6 +230,18 @@ def _alive(process: psutil.Process) -> bool:
 _managers: weakref.WeakSet[LogManager] = weakref.WeakSet()
 
 
+class ManagerStartError(RuntimeError):
+    """The manager process failed to start. The message begins with the manager's own exception
+    (type and message), then its traceback; ``child_type`` names that exception's type."""
+
+    def __init__(self, message: str, child_type: str | None = None) -> None:
+        super().__init__(message)
+        self.child_type = child_type
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.child_type))
+
+
 class LogManager:
     """A ``LogListener`` in a process of its own, started through ``multiprocess``.
 
@@ -187,6 +250,9 @@ class LogManager:
     neither, records go through the manager process's own logging configuration. Give workers
     ``manager.queue``. Start it again with the same *address* and *authkey* after it died, and the
     workers reconnect and deliver what they still hold.
+
+    The arguments are checked here, in the caller, before any process or folder exists; a manager
+    that fails to start leaves neither a process nor a temporary folder behind.
     """
 
     def __init__(
@@ -200,20 +266,40 @@ class LogManager:
         authkey: bytes | None = None,
         start_method: str | None = None,
     ) -> None:
+        caller = "LogManager()"
         if handlers is not None and config is not None:
             raise TypeError("LogManager() takes handlers or a config, not both")
-        self.handlers = list(handlers or ())
+        self.handlers = check_handlers(handlers, caller)
+        if config is not None and not isinstance(config, dict):
+            raise TypeError(
+                f"{caller} expected config as a logging.config.dictConfig dict, got {type(config).__name__!r}"
+            )
+        checked_level = check_level(level, caller)
+        self.address = check_address(address, caller)
+        if authkey is not None and (not isinstance(authkey, bytes) or not authkey):
+            raise TypeError(
+                f"{caller} expected authkey as non-empty bytes (or None for a fresh key), "
+                f"got {type(authkey).__name__!r}"
+                + (": pass bytes.fromhex(key)" if isinstance(authkey, str) else "")
+            )
+        methods = multiprocessing.get_all_start_methods()
+        if start_method is not None and start_method not in methods:
+            raise ValueError(
+                f"{caller} got an unknown start_method {start_method!r} "
+                f"(expected None or one of {', '.join(methods)})"
+            )
         self.config = config
         self.authkey = authkey or os.urandom(32)
-        self.address = address
         self.start_method = start_method
-        self._options = {"level": level, "respect_handler_level": respect_handler_level}
+        self._options = {"level": checked_level, "respect_handler_level": respect_handler_level}
         self._process: Any = None
         self._conn: Any = None
         self._owner = os.getpid()
         self._lock = threading.Lock()
         self._final: dict[str, Any] | None = None
         self._saved_env: tuple[str | None, str | None] | None = None
+        self._requests = 0
+        self._private_dir: weakref.finalize[Any, Any] | None = None
         self.pid: int | None = None
 
     @property
@@ -227,41 +313,104 @@ class LogManager:
         """Start the manager process and wait until it listens."""
         if self._process is not None:
             raise RuntimeError("this LogManager was already started")
-        ctx = multiprocess.get_context(self.start_method)
-        self._conn, child_end = ctx.Pipe()
-        options = dict(self._options, address=self.address, authkey=self.authkey)
-        self._process = ctx.Process(
-            target=_serve,
-            args=(child_end, _dump_handlers(self.handlers), self.config, options, os.getpid()),
-            name="logfunnel-manager",
-            daemon=True,
-        )
-        self._process.start()
-        child_end.close()
-        if not self._conn.poll(timeout):
-            self._process.kill()
-            raise RuntimeError(f"the log manager did not start within {timeout} s")
-        reply = self._conn.recv()
-        if reply[0] != "ready":
-            self._process.join(5)
-            raise RuntimeError(f"the log manager failed to start:\n{reply[1]}")
+        import multiprocess
+
+        address, private = self.address, None
+        if address is None:
+            # The folder of the private socket is made and removed here, in the parent, so that it
+            # goes even when the manager process is killed, or dies before it could listen.
+            private = tempfile.mkdtemp(prefix="logfunnel-")  # mode 0700
+            self._private_dir = weakref.finalize(self, shutil.rmtree, private, ignore_errors=True)
+            self._private_dir.atexit = False  # _stop_all() removes it after the manager has drained
+            address = f"unix:{os.path.join(private, 'listener.sock')}"
+        try:
+            ctx = multiprocess.get_context(self.start_method)
+            payload = _dump_handlers(self.handlers)
+            self._conn, child_end = ctx.Pipe()
+            options = dict(self._options, address=address, authkey=self.authkey)
+            process = ctx.Process(
+                target=_serve,
+                args=(child_end, payload, self.config, options, os.getpid(), time.monotonic(), private),
+                name="logfunnel-manager",
+                daemon=True,
+            )
+            try:
+                process.start()
+            finally:
+                child_end.close()
+            self._process = process  # only a process that started is one to join or kill
+            reply = self._wait_until_ready(timeout)
+        except BaseException:
+            self._abandon()
+            raise
         _, self.address, self.pid = reply
         self._saved_env = publish(self.queue)
         _managers.add(self)
         return self
 
+    def _wait_until_ready(self, timeout: float) -> tuple[Any, ...]:
+        process = self._process
+        if not self._conn.poll(timeout):
+            process.kill()
+            raise ManagerStartError(f"the log manager (pid {process.pid}) did not start within {timeout} s")
+        try:
+            reply: tuple[Any, ...] = self._conn.recv()
+        except (EOFError, OSError):
+            process.join(5)
+            raise ManagerStartError(
+                f"the log manager (pid {process.pid}) exited with code {process.exitcode} before it "
+                "listened; its stderr above says why"
+            ) from None
+        if reply[0] != "ready":
+            _, kind, message, child_traceback = reply
+            raise ManagerStartError(
+                f"{kind}: {message}\n\nThe log manager (pid {process.pid}) failed to start:\n"
+                f"{child_traceback}",
+                kind,
+            )
+        return reply
+
+    def _abandon(self) -> None:
+        """After a failed start: no process, no pipe, no folder left; the manager may start again."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._private_dir is not None:
+            self._private_dir()
+            self._private_dir = None
+
     def stats(self, timeout: float = 10.0) -> dict[str, Any]:
-        """The listener's figures, fetched from the manager, with its own health under ``manager``."""
+        """The listener's figures, fetched from the manager, with its own health under ``manager``:
+        ``pid``, ``rss``, ``cpu_percent`` and ``records_per_second`` (over the last 5 s, or since the
+        manager started), ``backlog`` (bytes received but not yet handled) and ``handlers``."""
         if self._final is not None:
             return self._final
         if self._conn is None:
             raise RuntimeError("the LogManager is not running")
         with self._lock:
-            self._conn.send("stats")
-            if not self._conn.poll(timeout):
-                raise TimeoutError(f"the log manager (pid {self.pid}) did not answer within {timeout} s")
-            _, stats = self._conn.recv()
-        return stats  # type: ignore[no-any-return]
+            self._requests += 1
+            request = self._requests
+            deadline = time.monotonic() + timeout
+            try:
+                self._conn.send(("stats", request))
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self._conn.poll(remaining):
+                        raise TimeoutError(
+                            f"the log manager (pid {self.pid}) did not answer within {timeout} s"
+                        )
+                    reply = self._conn.recv()
+                    # The late answer to a request that timed out is stale: it is not this one's.
+                    if reply[0] == "stats" and reply[1] == request:
+                        return reply[2]  # type: ignore[no-any-return]
+            except (EOFError, BrokenPipeError, ConnectionResetError):
+                raise RuntimeError(f"the log manager (pid {self.pid}) is gone") from None
 
     def stop(self, timeout: float | None = None) -> None:
         """Have the manager handle everything already sent, close its handlers and exit."""
@@ -275,9 +424,9 @@ class LogManager:
                     remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                     if not self._conn.poll(remaining):
                         break
-                    kind, value = self._conn.recv()
-                    if kind == "stopped":
-                        self._final = value
+                    reply = self._conn.recv()
+                    if reply[0] == "stopped":
+                        self._final = reply[1]
                         break
             except (EOFError, OSError):
                 pass  # it is already gone
@@ -288,6 +437,9 @@ class LogManager:
                 self._process.join(5)
             self._conn.close()
             self._conn = None
+            if self._private_dir is not None:
+                self._private_dir()
+                self._private_dir = None
         withdraw(self.address, self._saved_env)
         self._saved_env = None
 
@@ -308,6 +460,9 @@ class LogManager:
             except OSError:
                 pass
         self._conn = None
+        if self._private_dir is not None:
+            self._private_dir.detach()  # the parent's to remove
+            self._private_dir = None
 
 
 def _after_fork_in_child() -> None:
