@@ -11,15 +11,18 @@ Start a listener in the parent and give its ``.queue`` to every worker::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._transport import QueueHandle
 from .listener import LogListener, start_listener
-from .manager import LogManager
+from .manager import LogManager, ManagerStartError
 from .worker import FunnelHandler, flush_worker_logging, install_worker_logging, uninstall_worker_logging
 
 __all__ = [
     "FunnelHandler",
     "LogListener",
     "LogManager",
+    "ManagerStartError",
     "QueueHandle",
     "__version__",
     "flush_worker_logging",
@@ -29,3 +32,15 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from . import handlers as handlers  # for type checkers; loaded lazily by __getattr__
+
+
+def __getattr__(name: str) -> Any:
+    # ``logfunnel.handlers`` after a bare ``import logfunnel``, imported only when first used.
+    if name == "handlers":
+        import importlib
+
+        return importlib.import_module(".handlers", __name__)
+    raise AttributeError(f"module 'logfunnel' has no attribute {name!r}")

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import _wire, worker
+from ._checks import check_address, check_handlers, check_level
 from ._handling import banner
 from ._serving import SocketServing, _Connection, _Process
 from ._transport import (
@@ -133,8 +134,11 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
     ) -> None:
         if isinstance(queue, str):
             queue, address = None, queue
-        super().__init__(queue, *handlers, respect_handler_level=respect_handler_level)
-        self.level: int = logging._checkLevel(level)  # type: ignore[attr-defined]  # noqa: SLF001
+        checked = check_handlers(handlers, "LogListener()")
+        self.level: int = check_level(level, "LogListener()")
+        if queue is None:
+            check_address(address, "LogListener()")
+        super().__init__(queue, *checked, respect_handler_level=respect_handler_level)
         self.max_frame = max_frame
         self.address: str | None = None
         self._server: socket.socket | None = None
@@ -480,9 +484,12 @@ def start_listener(
     ``LOGFUNNEL_ADDRESS``). With *handlers* None, records go through this process's logging
     configuration, so per-logger routing keeps working.
     """
+    checked = check_handlers(handlers, "start_listener()")
+    check_level(level, "start_listener()")
+    check_address(address, "start_listener()")
     listener = LogListener(
         None,
-        *(handlers or ()),
+        *checked,
         respect_handler_level=respect_handler_level,
         level=level,
         address=address,

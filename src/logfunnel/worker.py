@@ -21,10 +21,11 @@ import time
 from typing import Any, ClassVar, Literal
 
 from . import _sigterm
+from ._checks import check_level
 from ._exit import at_exit
 from ._handling import UnlockedHandle
 from ._sink import QueueSink, SocketSink
-from ._transport import QueueHandle, parse_address
+from ._transport import QueueHandle, authkey_from_environment, parse_address
 
 __all__ = [
     "FunnelHandler",
@@ -201,12 +202,12 @@ def _resolve_queue(queue: Any) -> Any:
         return queue
     if isinstance(queue, str):
         parse_address(queue)
-        key = os.environ.get("LOGFUNNEL_AUTHKEY")
+        key = authkey_from_environment()
         if not key:
             raise ValueError(
                 f"to join {queue!r} by address, LOGFUNNEL_AUTHKEY must hold the listener's auth key"
             )
-        return QueueHandle(queue, bytes.fromhex(key))
+        return QueueHandle(queue, key)
     inner = getattr(queue, "queue", None)
     if isinstance(inner, QueueHandle):  # a listener or manager given in place of its .queue
         return inner
@@ -225,10 +226,6 @@ def _resolve_queue(queue: Any) -> Any:
 _install_lock = threading.RLock()
 _hooks_pid = 0
 _flush_on_sigterm = False
-
-
-def _check_level(level: int | str) -> int:
-    return logging._checkLevel(level)  # type: ignore[attr-defined, no-any-return]  # noqa: SLF001
 
 
 def _after_fork_in_child() -> None:
@@ -372,7 +369,7 @@ def install_worker_logging(
     buffer before it dies of SIGTERM (``Pool.terminate()``).
     """
     target = _resolve_queue(queue)
-    root_level = None if level is None else _check_level(level)
+    root_level = None if level is None else check_level(level, "install_worker_logging()")
     root = logging.getLogger()
     global _explicit_root
     with _install_lock:
