@@ -18,12 +18,14 @@ import time
 from typing import Any
 
 from ._compress import append_file, append_text
-from .files import Item, _Locked, _LockFile
+from .files import _ROTATING_SEAMS, Item, _Locked, _LockFile
 
 __all__ = ["LockedTimedRotatingFileHandler"]
 
+_TimedRotatingFileHandler = logging.handlers.TimedRotatingFileHandler  # bound once, as in files.py
 
-class LockedTimedRotatingFileHandler(_Locked, logging.handlers.TimedRotatingFileHandler):
+
+class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
     """``logging.handlers.TimedRotatingFileHandler`` for many processes.
 
     The processes share one schedule, kept beside the lock: whichever first writes a line from a new
@@ -31,6 +33,8 @@ class LockedTimedRotatingFileHandler(_Locked, logging.handlers.TimedRotatingFile
     boundary. A line goes to the file of the interval it was logged in. No backup is ever overwritten:
     if one exists already for an interval, the file is appended to it.
     """
+
+    _seams = (*_ROTATING_SEAMS, "computeRollover", "getFilesToDelete")
 
     def __init__(
         self,
@@ -49,7 +53,7 @@ class LockedTimedRotatingFileHandler(_Locked, logging.handlers.TimedRotatingFile
         lock_file: str | None = None,
     ) -> None:
         self.chmod = chmod
-        logging.handlers.TimedRotatingFileHandler.__init__(
+        _TimedRotatingFileHandler.__init__(
             self, filename, when, interval, backupCount, encoding, delay, utc, atTime, errors
         )
         self._locked_init(chmod, lock_file, compress)
@@ -57,10 +61,22 @@ class LockedTimedRotatingFileHandler(_Locked, logging.handlers.TimedRotatingFile
         # The shared schedule belongs to this log, even where several logs share one lock file.
         self._schedule = _LockFile(os.path.join(folder, f".{name}.schedule"), chmod)
 
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        """The standard library's answer (the time now against the next rollover time; never for a
+        file that is not a regular one), with the next rollover time taken from the shared schedule."""
+        with self._locked():
+            self._adopt_schedule()
+        return bool(_TimedRotatingFileHandler.shouldRollover(self, record))
+
     def doRollover(self) -> None:
+        """Rotate now, for every process sharing the schedule, under the lock."""
         with self._locked():
             self._sync_stream()
             self._rollover(time.time())
+
+    def _before_emit(self, record: logging.LogRecord) -> None:
+        if self.shouldRollover(record):
+            self.doRollover()
 
     def getFilesToDelete(self) -> list[str]:
         """The oldest backups beyond backupCount. With compression the names end in .gz, which the
