@@ -354,3 +354,36 @@ def test_locked_file_handler_works_with_logging_file_handler_swapped_for_it(tmp_
     own_logger("swapped", handler).info("w=a i=%d", 0)
     handler.close()
     assert path.read_text().endswith("w=a i=0\n")
+
+
+# --- the timed handler's shared schedule against the file ---------------------------------------------
+
+
+def test_log_last_written_before_the_shared_schedules_interval_is_rolled_over(tmp_path):
+    """A log last written before the shared schedule's interval rotates at the next line, as in the stdlib."""
+    path = tmp_path / "app.log"
+    first = make_handler(LockedTimedRotatingFileHandler, path, when="MIDNIGHT")
+    first.handle(_record("w=old i=0"))
+    first.close()  # the shared schedule now says: next midnight
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(path, (two_days_ago, two_days_ago))
+    second = make_handler(LockedTimedRotatingFileHandler, path, when="MIDNIGHT")
+    second.handle(_record("w=new i=0"))
+    second.close()
+    backups = [p for p in tmp_path.iterdir() if p.name.startswith("app.log.")]
+    assert len(backups) == 1
+    assert backups[0].name == f"app.log.{time.strftime('%Y-%m-%d', time.localtime(two_days_ago))}"
+    assert "w=old" in backups[0].read_text()
+    assert "w=old" not in path.read_text()
+
+
+def test_changed_when_does_not_wait_for_the_previous_schedule(tmp_path):
+    """A handler started with when='M' over a log scheduled for midnight rotates within the minute."""
+    path = tmp_path / "app.log"
+    daily = make_handler(LockedTimedRotatingFileHandler, path, when="MIDNIGHT")
+    daily.handle(_record("w=a i=0"))
+    daily.close()
+    minutely = make_handler(LockedTimedRotatingFileHandler, path, when="M")
+    minutely.handle(_record("w=a i=1"))
+    assert minutely.rolloverAt <= time.time() + 61
+    minutely.close()

@@ -14,6 +14,7 @@ import logging.handlers
 import math
 import os
 import re
+import stat
 import time
 from typing import Any
 
@@ -126,10 +127,30 @@ class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
     def _adopt_schedule(self) -> None:
         """Take the shared next rollover time, or publish ours if we are the first."""
         shared = self._schedule.read_state()
-        if shared.isdigit():
-            self.rolloverAt = int(shared)
-        else:
+        if not shared.isdigit():
             self._schedule.write_state(str(int(self.rolloverAt)))
+        elif int(shared) != self.rolloverAt:  # new to us: at start, or another process rotated
+            self.rolloverAt = self._unless_stale(int(shared))
+
+    def _unless_stale(self, shared: int) -> int:
+        """*shared*, or an earlier rollover time if the log's last write came before the interval
+        *shared* closes (the file was written in an earlier interval, or *when* changed since the
+        schedule was written): then the standard library's rule applies, the time computed from the
+        file's modification time, and it is published for every process."""
+        try:
+            st = os.stat(self.baseFilename)
+        except OSError:
+            return shared
+        if st.st_size == 0 or not stat.S_ISREG(st.st_mode):
+            return shared
+        due = int(self.computeRollover(int(st.st_mtime)))
+        # A schedule kept across a DST change may be an hour off the computed one; a second covers
+        # the file system's coarse clock. Either way the file belongs to the current interval.
+        local_days = (self.when == "MIDNIGHT" or self.when.startswith("W")) and not self.utc
+        if due + (3600 if local_days else 1) >= shared:
+            return shared
+        self._schedule.write_state(str(due))
+        return due
 
     def _rollover(self, now: float) -> None:
         # The standard library's doRollover with the lock held, keyed by the shared schedule.
