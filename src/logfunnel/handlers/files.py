@@ -196,15 +196,17 @@ class _Locked(UnlockedHandle):
     # -- emitting -------------------------------------------------------------------------------------
 
     def handle(self, record: logging.LogRecord) -> Any:
-        """Filter *record* and emit it; for a subclass that overrides a seam, as the standard
-        library's ``Handler.handle`` does (``emit()`` under the handler lock), and under the file
-        lock too, so that an ``emit()`` of its own writes whole lines among other processes."""
-        if not self._per_record:
-            return super().handle(record)
-        rv = self.filter(record)  # type: ignore[attr-defined]
+        """Filter *record* and emit it, without the handler lock (``UnlockedHandle.handle``, inlined
+        here to keep the batched path one call short). For a subclass that overrides a seam, as the
+        standard library's ``Handler.handle`` does (``emit()`` under the handler lock), and under the
+        file lock too, so that an ``emit()`` of its own writes whole lines among other processes."""
+        rv = self.filter(record) if self.filters else True  # type: ignore[attr-defined]
         if isinstance(rv, logging.LogRecord):
             record = rv
         if rv:
+            if not self._per_record:
+                self.emit(record)
+                return rv
             with self.lock:
                 if self._pid != os.getpid():
                     self._after_fork_in_child()
