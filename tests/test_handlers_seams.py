@@ -227,6 +227,24 @@ def test_overridden_emit_that_calls_should_rollover_does_not_deadlock(tmp_path):
     assert len(numbered_files(tmp_path)) > 1
 
 
+@pytest.mark.timeout(30)
+def test_flush_and_close_inside_an_overridden_emit_do_not_deadlock(tmp_path):
+    """A subclass's emit() may call flush() and close() with the file lock held; both return."""
+
+    class Closing(LockedFileHandler):
+        def emit(self, record: logging.LogRecord) -> None:
+            super().emit(record)
+            self.flush()
+            self.close()
+
+    path = tmp_path / "app.log"
+    handler = Closing(str(path), encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.handle(_record("last"))
+    assert path.read_text() == "last\n"
+    assert handler.stream is None
+
+
 @pytest.mark.parametrize(
     "cls", [LockedFileHandler, LockedRotatingFileHandler, LockedTimedRotatingFileHandler]
 )

@@ -81,7 +81,8 @@ class _LockFile:
         return True
 
     def release(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if self._fd >= 0:  # (closed while held, by a close() inside a seam: closing released it)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def read_state(self) -> str:
         return os.pread(self._descriptor(), _STATE_SIZE, 0).decode("ascii", "replace").strip()
@@ -225,8 +226,7 @@ class _Locked(UnlockedHandle):
                 if self.stream is None and self.mode == "w" and self._closed:
                     return  # as FileHandler.emit: a closed 'w' handler drops the record (bpo-42378)
                 if not self._exit_hooked:
-                    at_exit(_flush_all)
-                    self._exit_hooked = True
+                    self._hook_exit()
                 item = (self._render(record) + self.terminator, record.created)
                 # Nothing queued and nobody writing, here or in another process: write it now.
                 if not self._pending and self._writing.acquire(blocking=False):
@@ -260,6 +260,8 @@ class _Locked(UnlockedHandle):
                     self._after_fork_in_child()
                 if self.stream is None and self.mode == "w" and self._closed:
                     return  # bpo-42378, as in emit()
+                if not self._exit_hooked:
+                    self._hook_exit()  # backups being gzipped are waited for at exit
                 with self._locked():
                     self._sync_stream()
                     self._before_emit(record)
@@ -271,6 +273,10 @@ class _Locked(UnlockedHandle):
 
     def _before_emit(self, record: logging.LogRecord) -> None:
         """What the standard library's emit does before writing; the rotating handlers decide here."""
+
+    def _hook_exit(self) -> None:
+        at_exit(_flush_all)
+        self._exit_hooked = True
 
     def _render(self, record: logging.LogRecord) -> str:
         # A plain Formatter is rendered by an identical one that caches the time text per second.
@@ -288,8 +294,8 @@ class _Locked(UnlockedHandle):
 
     def flush(self) -> None:
         """Write everything queued (waiting for the lock if need be), then flush the stream."""
-        if self._pid == os.getpid() and self._holder != threading.get_ident():
-            self._flush_pending(block=True)  # (a seam that calls flush() with the lock held has no queue)
+        if self._pid == os.getpid():
+            self._flush_pending(block=True)
         with self.lock:
             if self.stream is not None and hasattr(self.stream, "flush"):
                 self.stream.flush()
@@ -331,6 +337,12 @@ class _Locked(UnlockedHandle):
         flush() or close() returns only once every line handed over so far is in the file.
         """
         if not block and not self._pending:
+            return True
+        if self._holder == threading.get_ident():  # called by a seam, with both locks held already
+            with self.lock:
+                items, self._pending = self._pending, []
+            if items:
+                self._write_items(items, self._sync_stream())
             return True
         if not self._writing.acquire(blocking=block):
             return False
