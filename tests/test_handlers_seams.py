@@ -141,12 +141,34 @@ def test_do_rollover_with_backup_count_zero_only_reopens(tmp_path):
 
 def test_should_rollover_never_says_yes_for_a_non_regular_file(tmp_path):
     """shouldRollover() is False for /dev/null however small maxBytes is (bpo-45401)."""
-    handler = LockedRotatingFileHandler(
-        os.devnull, maxBytes=1, backupCount=1, encoding="utf-8", lock_file=str(tmp_path / "null.lock")
-    )
+    handler = LockedRotatingFileHandler(os.devnull, maxBytes=1, backupCount=1, encoding="utf-8")
     handler.emit(_record("x" * 10))
     assert handler.shouldRollover(_record("x" * 10)) is False
     handler.close()
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (LockedFileHandler, {}),
+        (LockedRotatingFileHandler, {"maxBytes": 1, "backupCount": 1}),
+        (LockedTimedRotatingFileHandler, {"when": "S"}),
+    ],
+)
+def test_fifo_log_gets_no_lock_or_schedule_file_beside_it(tmp_path, cls, kwargs):
+    """A FIFO (not a regular file, like /dev/null) is written with no lock or schedule file beside it."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        handler = cls(str(fifo), encoding="utf-8", **kwargs)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.handle(_record("through"))
+        handler.close()
+        assert os.read(reader, 100) == b"through\n"
+    finally:
+        os.close(reader)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
 
 
 @pytest.mark.parametrize("content", ["", "\n"])

@@ -52,13 +52,17 @@ Item = tuple[str, float]  # a formatted line with its terminator, and the record
 
 
 class _LockFile:
-    """An exclusive lock between processes, and a few bytes of state they share (the timed schedule)."""
+    """An exclusive lock between processes, and a few bytes of state they share (the timed schedule).
 
-    def __init__(self, path: str, chmod: int | None) -> None:
+    Without a *path* (a log that is a device or a FIFO), it locks nothing and keeps the state here.
+    """
+
+    def __init__(self, path: str | None, chmod: int | None) -> None:
         self.path = path
         self.chmod = chmod
         self._fd = -1
         self._pid = 0
+        self._state = ""
 
     def _descriptor(self) -> int:
         if self._pid != os.getpid():
@@ -69,11 +73,14 @@ class _LockFile:
                 with contextlib.suppress(OSError):
                     os.close(self._fd)
             permissions = 0o666 if self.chmod is None else self.chmod
+            assert self.path is not None
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, permissions)
             self._pid = os.getpid()
         return self._fd
 
     def acquire(self, blocking: bool = True) -> bool:
+        if self.path is None:
+            return True
         try:
             fcntl.flock(self._descriptor(), fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -85,9 +92,14 @@ class _LockFile:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def read_state(self) -> str:
+        if self.path is None:
+            return self._state
         return os.pread(self._descriptor(), _STATE_SIZE, 0).decode("ascii", "replace").strip()
 
     def write_state(self, text: str) -> None:
+        if self.path is None:
+            self._state = text
+            return
         os.pwrite(self._descriptor(), text.encode("ascii").ljust(_STATE_SIZE), 0)
 
     def close(self) -> None:
@@ -121,7 +133,13 @@ class _Locked(UnlockedHandle):
     def _locked_init(self, chmod: int | None, lock_file: str | None, compress: bool = False) -> None:
         self.compress = compress
         folder, name = os.path.split(self.baseFilename)
-        self.lock_file = os.path.abspath(lock_file) if lock_file else os.path.join(folder, f".{name}.lock")
+        self.lock_file: str | None = os.path.join(folder, f".{name}.lock")
+        if lock_file:
+            self.lock_file = os.path.abspath(lock_file)
+        elif _is_special(self.baseFilename):
+            # /dev/null, /dev/stdout, a FIFO: never rotated, each batch one write(), and the
+            # folder (/dev) is no place for a lock file of ours, nor writable for most users.
+            self.lock_file = None
         self._lockfile = _LockFile(self.lock_file, chmod)
         self._compressor = Compressor(self.baseFilename, self._locked, chmod) if compress else None
         self._renderer: tuple[Any, _wire.Renderer | None] = (object(), None)
@@ -426,6 +444,14 @@ class _Locked(UnlockedHandle):
             self._compressor.submit(dest)
 
 
+def _is_special(path: str) -> bool:
+    """Whether *path* exists and is not a regular file (a device, a FIFO)."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _overrides(cls: type, seams: tuple[str, ...]) -> bool:
     """Whether *cls* replaces any of *seams* as defined by the logfunnel class it derives from."""
     ours = next(c for c in cls.__mro__ if c.__module__.startswith(__package__ or "logfunnel"))
@@ -497,7 +523,7 @@ class LockedFileHandler(_LockedPlain, _FileHandler):
     """``logging.FileHandler``, safe when several processes append to the same file.
 
     *chmod* sets the permissions of a file the handler creates; *lock_file* is where the lock lives
-    (by default ``.<name>.lock`` beside the log).
+    (by default ``.<name>.lock`` beside the log; none for a device or a FIFO such as ``/dev/null``).
     """
 
 

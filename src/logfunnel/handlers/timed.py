@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from ._compress import append_file, append_text
-from .files import _ROTATING_SEAMS, Item, _Locked, _LockFile
+from .files import _ROTATING_SEAMS, Item, _is_special, _Locked, _LockFile
 
 __all__ = ["LockedTimedRotatingFileHandler"]
 
@@ -59,8 +59,10 @@ class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
         )
         self._locked_init(chmod, lock_file, compress)
         folder, name = os.path.split(self.baseFilename)
-        # The shared schedule belongs to this log, even where several logs share one lock file.
-        self._schedule = _LockFile(os.path.join(folder, f".{name}.schedule"), chmod)
+        # The shared schedule belongs to this log, even where several logs share one lock file
+        # (a device or a FIFO, never rotated, keeps it in memory).
+        schedule = None if _is_special(self.baseFilename) else os.path.join(folder, f".{name}.schedule")
+        self._schedule = _LockFile(schedule, chmod)
 
     def shouldRollover(self, record: logging.LogRecord) -> bool:
         """The standard library's answer (the time now against the next rollover time; never for a
