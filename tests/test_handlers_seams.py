@@ -427,3 +427,20 @@ def test_changed_when_does_not_wait_for_the_previous_schedule(tmp_path):
     minutely.handle(_record("w=a i=1"))
     assert minutely.rolloverAt <= time.time() + 61
     minutely.close()
+
+
+def test_lock_that_cannot_be_taken_for_a_subclass_goes_to_handle_error_not_the_caller(tmp_path):
+    """A seam overridden, an unusable lock file: the failure goes to handleError; the logging call returns."""
+    errors: list[logging.LogRecord] = []
+
+    class Failing(LockedFileHandler):
+        def format(self, record: logging.LogRecord) -> str:
+            return super().format(record)
+
+        def handleError(self, record: logging.LogRecord) -> None:
+            errors.append(record)
+
+    handler = Failing(str(tmp_path / "app.log"), lock_file=str(tmp_path / "missing" / "app.lock"))
+    own_logger("failing", handler).info("w=a i=%d", 0)
+    handler.close()
+    assert len(errors) == 1

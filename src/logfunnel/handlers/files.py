@@ -229,7 +229,13 @@ class _Locked(UnlockedHandle):
             with self.lock:
                 if self._pid != os.getpid():
                     self._after_fork_in_child()
-                with self._locked():
+                held = contextlib.ExitStack()
+                try:
+                    held.enter_context(self._locked())
+                except Exception:  # a lock we cannot take is the handler's failure, not the caller's
+                    self.handleError(record)  # type: ignore[attr-defined]
+                    return rv
+                with held:
                     self.emit(record)
         return rv
 
@@ -567,8 +573,9 @@ class LockedRotatingFileHandler(_Locked, _RotatingFileHandler):
         The standard library's answer, with the size read under the lock: False when maxBytes is 0
         or the path is not a regular file (``/dev/null``); True even when backupCount is 0 (then
         ``doRollover()`` only reopens the file); for an empty file, what this interpreter's own
-        ``RotatingFileHandler`` says (3.13 never rolls an empty file over, gh-116263). Writing
-        through ``emit()`` never rolls an empty file over, on any version.
+        ``RotatingFileHandler`` says (3.13 never rolls an empty file over, gh-116263). The
+        handler's own batched writing never rolls an empty file over, on any version; a subclass
+        that overrides a seam gets the standard library's decisions, record by record.
         """
         if os.path.exists(self.baseFilename) and not os.path.isfile(self.baseFilename):
             return False  # bpo-45401: /dev/null and friends never rotate
