@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import logging
 import logging.handlers
 import os
@@ -33,19 +34,35 @@ from ._compress import Compressor
 
 __all__ = ["LockedFileHandler", "LockedRotatingFileHandler", "LockedWatchedFileHandler"]
 
+# The standard library's classes, bound once: code that swaps the names in ``logging`` for ours (a
+# drop-in test harness, a dictConfig shim) must not turn our calls into calls to ourselves.
+_FileHandler = logging.FileHandler
+_BaseRotatingHandler = logging.handlers.BaseRotatingHandler
+_RotatingFileHandler = logging.handlers.RotatingFileHandler
+_WatchedFileHandler = logging.handlers.WatchedFileHandler
+
+# The standard library's methods that a subclass may override, and that then decide how a record is
+# written (see _Locked._locked_init). namer and rotator are attributes, honoured on either path.
+_PLAIN_SEAMS = ("emit", "format")
+_ROTATING_SEAMS = (*_PLAIN_SEAMS, "shouldRollover", "doRollover", "rotation_filename", "rotate")
+
 _ASCII_SUPERSETS = {"utf-8", "utf8", "ascii", "latin-1", "latin1", "iso-8859-1", "cp1252"}
 _STATE_SIZE = 64
 Item = tuple[str, float]  # a formatted line with its terminator, and the record's creation time
 
 
 class _LockFile:
-    """An exclusive lock between processes, and a few bytes of state they share (the timed schedule)."""
+    """An exclusive lock between processes, and a few bytes of state they share (the timed schedule).
 
-    def __init__(self, path: str, chmod: int | None) -> None:
+    Without a *path* (a log that is a device or a FIFO), it locks nothing and keeps the state here.
+    """
+
+    def __init__(self, path: str | None, chmod: int | None) -> None:
         self.path = path
         self.chmod = chmod
         self._fd = -1
         self._pid = 0
+        self._state = ""
 
     def _descriptor(self) -> int:
         if self._pid != os.getpid():
@@ -56,11 +73,14 @@ class _LockFile:
                 with contextlib.suppress(OSError):
                     os.close(self._fd)
             permissions = 0o666 if self.chmod is None else self.chmod
+            assert self.path is not None
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, permissions)
             self._pid = os.getpid()
         return self._fd
 
     def acquire(self, blocking: bool = True) -> bool:
+        if self.path is None:
+            return True
         try:
             fcntl.flock(self._descriptor(), fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -68,12 +88,18 @@ class _LockFile:
         return True
 
     def release(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if self._fd >= 0:  # (closed while held, by a close() inside a seam: closing released it)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def read_state(self) -> str:
+        if self.path is None:
+            return self._state
         return os.pread(self._descriptor(), _STATE_SIZE, 0).decode("ascii", "replace").strip()
 
     def write_state(self, text: str) -> None:
+        if self.path is None:
+            self._state = text
+            return
         os.pwrite(self._descriptor(), text.encode("ascii").ljust(_STATE_SIZE), 0)
 
     def close(self) -> None:
@@ -100,14 +126,28 @@ class _Locked(UnlockedHandle):
     encoding: str | None
     errors: str | None
     chmod: int | None  # set by each constructor, before the standard library's opens the file
+    _closed: bool  # set by Handler.close()
+
+    _seams: tuple[str, ...] = _PLAIN_SEAMS
 
     def _locked_init(self, chmod: int | None, lock_file: str | None, compress: bool = False) -> None:
         self.compress = compress
         folder, name = os.path.split(self.baseFilename)
-        self.lock_file = os.path.abspath(lock_file) if lock_file else os.path.join(folder, f".{name}.lock")
+        self.lock_file: str | None = os.path.join(folder, f".{name}.lock")
+        if lock_file:
+            self.lock_file = os.path.abspath(lock_file)
+        elif _is_special(self.baseFilename):
+            # /dev/null, /dev/stdout, a FIFO: never rotated, each batch one write(), and the
+            # folder (/dev) is no place for a lock file of ours, nor writable for most users.
+            self.lock_file = None
         self._lockfile = _LockFile(self.lock_file, chmod)
         self._compressor = Compressor(self.baseFilename, self._locked, chmod) if compress else None
         self._renderer: tuple[Any, _wire.Renderer | None] = (object(), None)
+        # A subclass that overrides one of the standard library's seams gets the standard library's
+        # emit: one record at a time, each seam called where the standard library calls it, under
+        # the file lock. Others get the batched path, which decides rotation itself, line by line.
+        # (Decided once here: a class check, not a cost per record.)
+        self._per_record = _overrides(type(self), self._seams)
         self._reset_process()
         _handlers.add(self)
         if self._compressor is not None:
@@ -118,6 +158,7 @@ class _Locked(UnlockedHandle):
         self._pid = os.getpid()
         self._pending: list[Item] = []
         self._writing = threading.Lock()  # held by whichever of this process's threads writes
+        self._holder: int | None = None  # the thread that holds _writing and the file lock
         self._wake = threading.Condition(threading.Lock())
         self._woken = False
         self._flusher: threading.Thread | None = None
@@ -141,7 +182,7 @@ class _Locked(UnlockedHandle):
 
     def _open(self) -> Any:
         created = not os.path.exists(self.baseFilename)
-        stream = logging.FileHandler._open(self)  # type: ignore[arg-type]  # noqa: SLF001
+        stream = _FileHandler._open(self)  # type: ignore[arg-type]  # noqa: SLF001
         st = os.fstat(stream.fileno())
         self._ident = (st.st_dev, st.st_ino)
         self._regular = stat.S_ISREG(st.st_mode)  # /dev/null and friends are never rotated
@@ -173,22 +214,53 @@ class _Locked(UnlockedHandle):
 
     # -- emitting -------------------------------------------------------------------------------------
 
+    def handle(self, record: logging.LogRecord) -> Any:
+        """Filter *record* and emit it, without the handler lock (``UnlockedHandle.handle``, inlined
+        here to keep the batched path one call short). For a subclass that overrides a seam, as the
+        standard library's ``Handler.handle`` does (``emit()`` under the handler lock), and under the
+        file lock too, so that an ``emit()`` of its own writes whole lines among other processes."""
+        rv = self.filter(record) if self.filters else True  # type: ignore[attr-defined]
+        if isinstance(rv, logging.LogRecord):
+            record = rv
+        if rv:
+            if not self._per_record:
+                self.emit(record)
+                return rv
+            with self.lock:
+                if self._pid != os.getpid():
+                    self._after_fork_in_child()
+                held = contextlib.ExitStack()
+                try:
+                    held.enter_context(self._locked())
+                except Exception:  # a lock we cannot take is the handler's failure, not the caller's
+                    self.handleError(record)  # type: ignore[attr-defined]
+                    return rv
+                with held:
+                    self.emit(record)
+        return rv
+
     def emit(self, record: logging.LogRecord) -> None:
+        if self._per_record:
+            self._emit_per_record(record)
+            return
         try:
             with self.lock:
                 if self._pid != os.getpid():
                     self._after_fork_in_child()
+                if self.stream is None and self.mode == "w" and self._closed:
+                    return  # as FileHandler.emit: a closed 'w' handler drops the record (bpo-42378)
                 if not self._exit_hooked:
-                    at_exit(_flush_all)
-                    self._exit_hooked = True
+                    self._hook_exit()
                 item = (self._render(record) + self.terminator, record.created)
                 # Nothing queued and nobody writing, here or in another process: write it now.
                 if not self._pending and self._writing.acquire(blocking=False):
                     try:
                         if self._lockfile.acquire(blocking=False):
+                            self._holder = threading.get_ident()
                             try:
                                 self._write_items([item], self._sync_stream())
                             finally:
+                                self._holder = None
                                 self._lockfile.release()
                             return
                     finally:
@@ -202,6 +274,33 @@ class _Locked(UnlockedHandle):
             raise
         except Exception:
             self.handleError(record)  # type: ignore[attr-defined]
+
+    def _emit_per_record(self, record: logging.LogRecord) -> None:
+        """The standard library's emit, with the file lock held: ``_before_emit()`` (the rotation
+        seams), then ``FileHandler.emit`` (``format()``, write, flush)."""
+        try:
+            with self.lock:
+                if self._pid != os.getpid():
+                    self._after_fork_in_child()
+                if self.stream is None and self.mode == "w" and self._closed:
+                    return  # bpo-42378, as in emit()
+                if not self._exit_hooked:
+                    self._hook_exit()  # backups being gzipped are waited for at exit
+                with self._locked():
+                    self._sync_stream()
+                    self._before_emit(record)
+                    _FileHandler.emit(self, record)  # type: ignore[arg-type]
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)  # type: ignore[attr-defined]
+
+    def _before_emit(self, record: logging.LogRecord) -> None:
+        """What the standard library's emit does before writing; the rotating handlers decide here."""
+
+    def _hook_exit(self) -> None:
+        at_exit(_flush_all)
+        self._exit_hooked = True
 
     def _render(self, record: logging.LogRecord) -> str:
         # A plain Formatter is rendered by an identical one that caches the time text per second.
@@ -236,16 +335,23 @@ class _Locked(UnlockedHandle):
             self._flush_pending(block=True)
             if self._compressor is not None:
                 self._compressor.wait(60.0)
-        logging.FileHandler.close(self)  # type: ignore[arg-type]
+        _FileHandler.close(self)  # type: ignore[arg-type]
         self._lockfile.close()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        """This process's writer lock and the file lock; re-entrant, for a seam that calls another
+        (an overridden ``emit()`` calling ``shouldRollover()``, which locks too)."""
+        if self._holder == threading.get_ident():
+            yield
+            return
         with self._writing:
             self._lockfile.acquire()
+            self._holder = threading.get_ident()
             try:
                 yield
             finally:
+                self._holder = None
                 self._lockfile.release()
 
     def _flush_pending(self, block: bool) -> bool:
@@ -256,6 +362,12 @@ class _Locked(UnlockedHandle):
         """
         if not block and not self._pending:
             return True
+        if self._holder == threading.get_ident():  # called by a seam, with both locks held already
+            with self.lock:
+                items, self._pending = self._pending, []
+            if items:
+                self._write_items(items, self._sync_stream())
+            return True
         if not self._writing.acquire(blocking=block):
             return False
         try:
@@ -263,6 +375,7 @@ class _Locked(UnlockedHandle):
                 return True  # any batch in flight was written before we got _writing
             if not self._lockfile.acquire(block):
                 return False
+            self._holder = threading.get_ident()
             try:
                 while True:
                     with self.lock:
@@ -271,6 +384,7 @@ class _Locked(UnlockedHandle):
                         return True
                     self._write_items(items, self._sync_stream())
             finally:
+                self._holder = None
                 self._lockfile.release()
         finally:
             self._writing.release()
@@ -325,15 +439,54 @@ class _Locked(UnlockedHandle):
         return len(text.encode(self.stream.encoding, self.stream.errors or "strict"))
 
     def rotation_filename(self, default_name: str) -> str:
-        name: str = logging.handlers.BaseRotatingHandler.rotation_filename(self, default_name)  # type: ignore[arg-type]
+        name: str = _BaseRotatingHandler.rotation_filename(self, default_name)  # type: ignore[arg-type]
         if self.compress and not name.endswith(".gz"):
             name += ".gz"
         return name
 
     def rotate(self, source: str, dest: str) -> None:
-        logging.handlers.BaseRotatingHandler.rotate(self, source, dest)  # type: ignore[arg-type]
+        _BaseRotatingHandler.rotate(self, source, dest)  # type: ignore[arg-type]
         if self._compressor is not None and not callable(getattr(self, "rotator", None)):
             self._compressor.submit(dest)
+
+
+def _is_special(path: str) -> bool:
+    """Whether *path* exists and is not a regular file (a device, a FIFO)."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _overrides(cls: type, seams: tuple[str, ...]) -> bool:
+    """Whether *cls* replaces any of *seams* as defined by the logfunnel class it derives from."""
+    ours = next(c for c in cls.__mro__ if c.__module__.startswith(__package__ or "logfunnel"))
+    return any(getattr(cls, name, None) is not getattr(ours, name, None) for name in seams)
+
+
+def _stdlib_rolls_empty_files() -> bool:
+    """Whether this interpreter's RotatingFileHandler.shouldRollover() says yes for an empty file.
+
+    Older releases do; those with gh-116263 (3.13, and later 3.12 patch releases) never roll an empty
+    file over. Asked of the standard library itself, with an empty stream and maxBytes 1, so that
+    every patch release answers for itself.
+    """
+
+    class Probe:
+        baseFilename = ""
+        maxBytes = 1
+        stream = io.StringIO()
+
+        def format(self, record: object) -> str:
+            return "x"
+
+    try:
+        return bool(_RotatingFileHandler.shouldRollover(Probe(), None))  # type: ignore[arg-type]
+    except Exception:
+        return False
+
+
+_ROLLS_EMPTY_FILES = _stdlib_rolls_empty_files()
 
 
 def _flush_all() -> None:
@@ -372,27 +525,29 @@ class _LockedPlain(_Locked):
         self._locked_init(chmod, lock_file)
 
 
-class LockedFileHandler(_LockedPlain, logging.FileHandler):
+class LockedFileHandler(_LockedPlain, _FileHandler):
     """``logging.FileHandler``, safe when several processes append to the same file.
 
     *chmod* sets the permissions of a file the handler creates; *lock_file* is where the lock lives
-    (by default ``.<name>.lock`` beside the log).
+    (by default ``.<name>.lock`` beside the log; none for a device or a FIFO such as ``/dev/null``).
     """
 
 
-class LockedWatchedFileHandler(_LockedPlain, logging.handlers.WatchedFileHandler):
+class LockedWatchedFileHandler(_LockedPlain, _WatchedFileHandler):
     """``logging.handlers.WatchedFileHandler`` for many processes: a file moved away (logrotate) is
     noticed under the lock before every write, and reopened."""
 
 
-class LockedRotatingFileHandler(_Locked, logging.handlers.RotatingFileHandler):
+class LockedRotatingFileHandler(_Locked, _RotatingFileHandler):
     """``logging.handlers.RotatingFileHandler`` for many processes.
 
     The size is the file's own, read under the lock; a line that would take the file to *maxBytes*
     starts a new one (a single record larger than that is written alone). With *compress*, backups
-    are gzipped in the background (``app.log.1.gz``). As in the standard library, rollover never
-    happens when *maxBytes* or *backupCount* is zero.
+    are gzipped in the background (``app.log.1.gz``). As in the standard library, no backup is
+    made when *maxBytes* or *backupCount* is zero.
     """
+
+    _seams = _ROTATING_SEAMS
 
     def __init__(
         self,
@@ -409,25 +564,37 @@ class LockedRotatingFileHandler(_Locked, logging.handlers.RotatingFileHandler):
         lock_file: str | None = None,
     ) -> None:
         self.chmod = chmod
-        logging.handlers.RotatingFileHandler.__init__(
-            self, filename, mode, maxBytes, backupCount, encoding, delay, errors
-        )
+        _RotatingFileHandler.__init__(self, filename, mode, maxBytes, backupCount, encoding, delay, errors)
         self._locked_init(chmod, lock_file, compress)
 
     def shouldRollover(self, record: logging.LogRecord) -> bool:
-        """Whether *record* would take the file (as it is now, in any process) to maxBytes."""
-        if self.maxBytes <= 0 or self.backupCount <= 0:
-            return False
+        """Whether *record* would take the file, as it is now in every process, to maxBytes.
+
+        The standard library's answer, with the size read under the lock: False when maxBytes is 0
+        or the path is not a regular file (``/dev/null``); True even when backupCount is 0 (then
+        ``doRollover()`` only reopens the file); for an empty file, what this interpreter's own
+        ``RotatingFileHandler`` says (3.13 never rolls an empty file over, gh-116263). The
+        handler's own batched writing never rolls an empty file over, on any version; a subclass
+        that overrides a seam gets the standard library's decisions, record by record.
+        """
         if os.path.exists(self.baseFilename) and not os.path.isfile(self.baseFilename):
-            return False  # /dev/null and friends never rotate
+            return False  # bpo-45401: /dev/null and friends never rotate
         with self._locked():
-            size = self._sync_stream()
-            return size > 0 and size + self._nbytes(self.format(record) + self.terminator) >= self.maxBytes
+            size = self._sync_stream()  # opens the file, as the standard library's does with delay
+            if self.maxBytes <= 0 or (size == 0 and not _ROLLS_EMPTY_FILES):
+                return False
+            return size + self._nbytes(self.format(record) + self.terminator) >= self.maxBytes
 
     def doRollover(self) -> None:
+        """Rotate the backups and start a new file, as the standard library's does (with
+        backupCount 0, only reopen the file), under the lock."""
         with self._locked():
             self._sync_stream()
             self._rollover()
+
+    def _before_emit(self, record: logging.LogRecord) -> None:
+        if self.shouldRollover(record):
+            self.doRollover()
 
     def _write_items(self, items: list[Item], size: int) -> None:
         if self.maxBytes <= 0 or self.backupCount <= 0 or not self._regular:
@@ -452,6 +619,9 @@ class LockedRotatingFileHandler(_Locked, logging.handlers.RotatingFileHandler):
         if self.stream is not None:
             self.stream.close()
             self.stream = None
+        if self.backupCount <= 0:
+            self.stream = self._open()  # nothing to keep: the standard library only reopens
+            return
         # One directory listing instead of an exists() per possible backup: with a large
         # backupCount the standard library's loop makes thousands of system calls per rollover.
         # A namer may put backups elsewhere: list their folder too, and ask about any other.

@@ -14,16 +14,19 @@ import logging.handlers
 import math
 import os
 import re
+import stat
 import time
 from typing import Any
 
 from ._compress import append_file, append_text
-from .files import Item, _Locked, _LockFile
+from .files import _ROTATING_SEAMS, Item, _is_special, _Locked, _LockFile
 
 __all__ = ["LockedTimedRotatingFileHandler"]
 
+_TimedRotatingFileHandler = logging.handlers.TimedRotatingFileHandler  # bound once, as in files.py
 
-class LockedTimedRotatingFileHandler(_Locked, logging.handlers.TimedRotatingFileHandler):
+
+class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
     """``logging.handlers.TimedRotatingFileHandler`` for many processes.
 
     The processes share one schedule, kept beside the lock: whichever first writes a line from a new
@@ -31,6 +34,8 @@ class LockedTimedRotatingFileHandler(_Locked, logging.handlers.TimedRotatingFile
     boundary. A line goes to the file of the interval it was logged in. No backup is ever overwritten:
     if one exists already for an interval, the file is appended to it.
     """
+
+    _seams = (*_ROTATING_SEAMS, "computeRollover", "getFilesToDelete")
 
     def __init__(
         self,
@@ -49,18 +54,32 @@ class LockedTimedRotatingFileHandler(_Locked, logging.handlers.TimedRotatingFile
         lock_file: str | None = None,
     ) -> None:
         self.chmod = chmod
-        logging.handlers.TimedRotatingFileHandler.__init__(
+        _TimedRotatingFileHandler.__init__(
             self, filename, when, interval, backupCount, encoding, delay, utc, atTime, errors
         )
         self._locked_init(chmod, lock_file, compress)
         folder, name = os.path.split(self.baseFilename)
-        # The shared schedule belongs to this log, even where several logs share one lock file.
-        self._schedule = _LockFile(os.path.join(folder, f".{name}.schedule"), chmod)
+        # The shared schedule belongs to this log, even where several logs share one lock file
+        # (a device or a FIFO, never rotated, keeps it in memory).
+        schedule = None if _is_special(self.baseFilename) else os.path.join(folder, f".{name}.schedule")
+        self._schedule = _LockFile(schedule, chmod)
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        """The standard library's answer (the time now against the next rollover time; never for a
+        file that is not a regular one), with the next rollover time taken from the shared schedule."""
+        with self._locked():
+            self._adopt_schedule()
+        return bool(_TimedRotatingFileHandler.shouldRollover(self, record))
 
     def doRollover(self) -> None:
+        """Rotate now, for every process sharing the schedule, under the lock."""
         with self._locked():
             self._sync_stream()
             self._rollover(time.time())
+
+    def _before_emit(self, record: logging.LogRecord) -> None:
+        if self.shouldRollover(record):
+            self.doRollover()
 
     def getFilesToDelete(self) -> list[str]:
         """The oldest backups beyond backupCount. With compression the names end in .gz, which the
@@ -110,10 +129,30 @@ class LockedTimedRotatingFileHandler(_Locked, logging.handlers.TimedRotatingFile
     def _adopt_schedule(self) -> None:
         """Take the shared next rollover time, or publish ours if we are the first."""
         shared = self._schedule.read_state()
-        if shared.isdigit():
-            self.rolloverAt = int(shared)
-        else:
+        if not shared.isdigit():
             self._schedule.write_state(str(int(self.rolloverAt)))
+        elif int(shared) != self.rolloverAt:  # new to us: at start, or another process rotated
+            self.rolloverAt = self._unless_stale(int(shared))
+
+    def _unless_stale(self, shared: int) -> int:
+        """*shared*, or an earlier rollover time if the log's last write came before the interval
+        *shared* closes (the file was written in an earlier interval, or *when* changed since the
+        schedule was written): then the standard library's rule applies, the time computed from the
+        file's modification time, and it is published for every process."""
+        try:
+            st = os.stat(self.baseFilename)
+        except OSError:
+            return shared
+        if st.st_size == 0 or not stat.S_ISREG(st.st_mode):
+            return shared
+        due = int(self.computeRollover(int(st.st_mtime)))
+        # A schedule kept across a DST change may be an hour off the computed one; a second covers
+        # the file system's coarse clock. Either way the file belongs to the current interval.
+        local_days = (self.when == "MIDNIGHT" or self.when.startswith("W")) and not self.utc
+        if due + (3600 if local_days else 1) >= shared:
+            return shared
+        self._schedule.write_state(str(due))
+        return due
 
     def _rollover(self, now: float) -> None:
         # The standard library's doRollover with the lock held, keyed by the shared schedule.
