@@ -5,7 +5,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -53,6 +55,16 @@ def _reap_children():
             child.wait(5)
         except psutil.Error:
             pass
+
+
+@pytest.fixture
+def short_dir():
+    """A directory for socket files: tmp_path can exceed the 107-byte limit of a Unix socket path."""
+    path = tempfile.mkdtemp(prefix="lft-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -5,9 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,16 +12,6 @@ from logfunnel._checks import check_address, check_handlers, check_level
 from logfunnel._transport import MAX_UNIX_PATH
 
 CALLER = "start_listener()"
-
-
-@pytest.fixture
-def short_dir() -> Iterator[str]:
-    """A directory for socket paths: tmp_path can exceed the length limit of a Unix socket path."""
-    path = tempfile.mkdtemp(prefix="lft-")
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 STANDARD_LEVELS = {"CRITICAL": 50, "ERROR": 40, "WARNING": 30, "INFO": 20, "DEBUG": 10, "NOTSET": 0}

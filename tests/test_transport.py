@@ -29,16 +29,6 @@ from logfunnel._transport import AuthenticationError, QueueHandle, connect, crea
 HELLO = (os.getpid(), "test-worker", b"incarnat", os.getppid())
 
 
-@pytest.fixture
-def short_dir() -> Iterator[str]:
-    """A directory for socket files: tmp_path can exceed the 107-byte limit of a Unix socket path."""
-    path = tempfile.mkdtemp(prefix="lft-")
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
