@@ -277,19 +277,18 @@ def _apply_plan(plan: dict[str, Any]) -> None:
     levels = plan.get("levels")
     if type(levels) is not dict:
         return
-    root = logging.getLogger()
     for name, level in levels.items():
         if type(name) is not str or type(level) is not int:
             continue
         if name == "" and _explicit_root:
             continue
-        logger = root if name == "" else logging.getLogger(name)
+        logger = logging.getLogger(name)  # "" is the root
         if logger.level == logging.NOTSET or _applied.get(name) == logger.level or name == "":
             if logger.level != level:
                 logger.setLevel(level)
             _applied[name] = level
     for name in [n for n in _applied if n not in levels]:
-        logger = root if name == "" else logging.getLogger(name)
+        logger = logging.getLogger(name)  # "" is the root
         if logger.level == _applied.pop(name):
             logger.setLevel(logging.NOTSET)
     disabled = {n for n in plan.get("disabled") or () if type(n) is str and n}
@@ -328,9 +327,8 @@ def _give_back_loggers() -> None:
         for handler in handlers:
             logger.addHandler(handler)
         logger.propagate = propagate
-    root = logging.getLogger()
     for name, level in list(_applied.items()):
-        logger = root if name == "" else logging.getLogger(name)
+        logger = logging.getLogger(name)  # "" is the root
         if logger.level == level and name:
             logger.setLevel(logging.NOTSET)
     _applied.clear()
