@@ -73,7 +73,7 @@ def check_level(level: object, caller: str) -> int:
 
 def _describe(hosts: list[str]) -> str:
     return ", ".join(
-        f"{host}: every interface" if ipaddress.ip_address(host).is_unspecified else host for host in hosts
+        f"{host}, every interface" if ipaddress.ip_address(host).is_unspecified else host for host in hosts
     )
 
 
