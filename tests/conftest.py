@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 import logfunnel
+import logfunnel._handling
 from logfunnel._transport import ADDRESS_ENV, AUTHKEY_ENV
 
 sys.path.insert(0, os.path.dirname(__file__))  # so spawned children can import _workers
@@ -37,6 +38,13 @@ def _restore_logging():
         else:
             os.environ[name] = value
     gc.collect()  # run multiprocessing finalizers inside the test that made them
+
+
+@pytest.fixture(autouse=True)
+def _fresh_banners():
+    """Each test starts with the rate limit of logfunnel's stderr banners unspent."""
+    logfunnel._handling.reset_banners()
+    yield
 
 
 @pytest.fixture(autouse=True)

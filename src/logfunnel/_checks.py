@@ -9,10 +9,11 @@ to undo and its traceback points at the user's own line.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 
-from ._transport import check_unix_path, parse_address
+from ._transport import check_unix_path, non_loopback, parse_address
 
 __all__ = ["check_address", "check_handlers", "check_level"]
 
@@ -70,9 +71,20 @@ def check_level(level: object, caller: str) -> int:
     raise ValueError(f"{caller} got an unknown level {level!r} (expected an int or one of {known}){hint}")
 
 
-def check_address(address: object, caller: str) -> str | None:
+def _describe(hosts: list[str]) -> str:
+    return ", ".join(
+        f"{host}, every interface" if ipaddress.ip_address(host).is_unspecified else host for host in hosts
+    )
+
+
+def check_address(address: object, caller: str, allow_remote: object = False) -> str | None:
     """None (a private socket) or an address that can be bound: ``unix:/path`` in an existing folder,
-    within the length a Unix socket allows, or ``tcp://HOST:PORT``."""
+    within the length a Unix socket allows, or ``tcp://HOST:PORT`` on loopback (127.0.0.0/8 or ::1,
+    names such as ``localhost`` resolved), or beyond loopback with *allow_remote* True."""
+    if not isinstance(allow_remote, bool):
+        raise TypeError(
+            f"{caller} expected allow_remote as True or False, got {type(allow_remote).__name__!r}"
+        )
     if address is None:
         return None
     if not isinstance(address, str):
@@ -89,4 +101,19 @@ def check_address(address: object, caller: str) -> str | None:
             check_unix_path(address, sockaddr)
         except (OSError, ValueError) as exc:
             raise type(exc)(f"{caller} got {exc}") from None
+        return address
+    try:
+        outside = non_loopback(family, sockaddr)
+    except (OSError, UnicodeError) as exc:
+        raise ValueError(
+            f"{caller} got address={address!r}, whose host {sockaddr[0]!r} does not resolve ({exc})"
+        ) from None
+    if outside and not allow_remote:
+        # The README promises loopback; 0.0.0.0 would open the port to the network without a word.
+        raise ValueError(
+            f"{caller} got address={address!r}, which is not loopback ({_describe(outside)}): "
+            "records and the handshake would travel unencrypted, and anyone who can reach the port "
+            "could try the auth key; listen on 'tcp://127.0.0.1:PORT' or a Unix socket, "
+            "or pass allow_remote=True to listen there anyway"
+        )
     return address

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
+import ipaddress
 import os
 import shutil
 import socket
@@ -27,6 +28,7 @@ import tempfile
 from typing import Any
 
 from . import _wire
+from ._handling import banner
 
 __all__ = [
     "ADDRESS_ENV",
@@ -39,6 +41,7 @@ __all__ = [
     "check_unix_path",
     "connect",
     "create_server",
+    "non_loopback",
     "parse_address",
     "publish",
     "recv_frame",
@@ -106,6 +109,31 @@ def check_unix_path(address: str, path: str) -> None:
             f"address={address!r}: the socket path is {size} bytes long, and a Unix socket allows "
             f"{MAX_UNIX_PATH} (choose a shorter path, e.g. under /tmp)"
         )
+
+
+def non_loopback(family: socket.AddressFamily, sockaddr: Any) -> list[str]:
+    """The addresses that a TCP *sockaddr* resolves to (``localhost`` too) outside 127.0.0.0/8 and
+    ::1; an empty list for loopback and for Unix sockets. A name that does not resolve is an OSError
+    (``socket.gaierror``)."""
+    if family == socket.AF_UNIX:
+        return []
+    found = socket.getaddrinfo(sockaddr[0], sockaddr[1], family, socket.SOCK_STREAM)
+    outside = []
+    for *_, resolved in found:
+        host = str(resolved[0]).partition("%")[0]  # an IPv6 scope (fe80::1%eth0)
+        ip = ipaddress.ip_address(host)
+        mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is loopback too
+        if not (ip.is_loopback or (mapped is not None and mapped.is_loopback)):
+            outside.append(host)
+    return sorted(set(outside))
+
+
+def remote_warning(address: str) -> str:
+    return (
+        f"listening at {address}, beyond loopback (allow_remote=True): records and the handshake travel "
+        "unencrypted, and anyone who can reach the port can try the auth key; "
+        "keep the port behind a firewall, or listen on 'tcp://127.0.0.1:PORT' or a Unix socket"
+    )
 
 
 def format_address(family: socket.AddressFamily, sockaddr: Any) -> str:
@@ -197,8 +225,11 @@ def withdraw(address: str | None, saved: tuple[str | None, str | None] | None) -
             os.environ[name] = value
 
 
-def create_server(address: str | None) -> tuple[socket.socket, str, str | None]:
-    """Bind and listen; return the socket, its address string, and a private directory to remove."""
+def create_server(address: str | None, allow_remote: bool = False) -> tuple[socket.socket, str, str | None]:
+    """Bind and listen; return the socket, its address string, and a private directory to remove.
+
+    A TCP address outside loopback is refused with a ValueError unless *allow_remote*; with it,
+    a banner warns that the port is open to whoever can reach it (DESIGN rule 9)."""
     private_dir = None
     if address is None:
         private_dir = tempfile.mkdtemp(prefix="logfunnel-")  # mode 0700
@@ -224,6 +255,15 @@ def create_server(address: str | None) -> tuple[socket.socket, str, str | None]:
             else:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(sockaddr)
+            if family != socket.AF_UNIX:
+                # What was bound, not what was asked: the caller checked the name, but a name can
+                # resolve differently a moment later.
+                outside = non_loopback(family, sock.getsockname())
+                if outside and not allow_remote:
+                    raise ValueError(
+                        f"refused to listen at {address}: it is not a loopback address ({outside[0]}); "
+                        "pass allow_remote=True to listen there anyway"
+                    )
             sock.listen(socket.SOMAXCONN)
         except OSError as exc:
             # bind() says "Address already in use" or "Permission denied" without saying where.
@@ -234,7 +274,10 @@ def create_server(address: str | None) -> tuple[socket.socket, str, str | None]:
         if private_dir is not None:
             shutil.rmtree(private_dir, ignore_errors=True)
         raise
-    return sock, format_address(family, sock.getsockname()), private_dir
+    bound = format_address(family, sock.getsockname())
+    if family != socket.AF_UNIX and allow_remote and non_loopback(family, sock.getsockname()):
+        banner(remote_warning(bound))
+    return sock, bound, private_dir
 
 
 def _remove_stale_socket(path: str) -> None:

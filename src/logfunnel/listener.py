@@ -114,7 +114,9 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
 
     With *queue* None (the usual case) it listens on a fresh Unix socket (mode 0600) or on *address*
     (``unix:/path`` or ``tcp://127.0.0.1:PORT``) and ``.queue`` is the picklable handle to give to
-    workers. Given a ``multiprocessing`` queue it reads that queue instead, like ``QueueListener``.
+    workers. A TCP address beyond loopback is refused unless *allow_remote* is True (records and
+    the handshake are not encrypted). Given a ``multiprocessing`` queue it reads that queue
+    instead, like ``QueueListener``.
     With no handlers, each record goes through this process's own logging configuration
     (``logging.getLogger(record.name).handle(record)``). Records below *level* are skipped;
     ``respect_handler_level`` defaults to True here, unlike in the standard library.
@@ -131,13 +133,14 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         address: str | None = None,
         max_frame: int = _wire.MAX_FRAME,
         authkey: bytes | None = None,
+        allow_remote: bool = False,
     ) -> None:
         if isinstance(queue, str):
             queue, address = None, queue
         checked = check_handlers(handlers, "LogListener()")
         self.level: int = check_level(level, "LogListener()")
         if queue is None:
-            check_address(address, "LogListener()")
+            check_address(address, "LogListener()", allow_remote)
         super().__init__(queue, *checked, respect_handler_level=respect_handler_level)
         self.max_frame = max_frame
         self.address: str | None = None
@@ -148,7 +151,7 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         self._wake_r: socket.socket | None = None  # made at start: a listener never started holds none
         self._wake_w: socket.socket | None = None
         if queue is None:
-            self._server, self.address, self._private_dir = create_server(address)
+            self._server, self.address, self._private_dir = create_server(address, allow_remote)
             self.queue = QueueHandle(self.address, self._authkey)
         # Whatever happens to this object (never started, never stopped, start() failed), its socket
         # file and private folder go when it does, or at the latest when the interpreter exits.
@@ -477,21 +480,24 @@ def start_listener(
     level: int | str = logging.NOTSET,
     respect_handler_level: bool = True,
     address: str | None = None,
+    allow_remote: bool = False,
 ) -> LogListener:
     """Start a ``LogListener`` thread in this process and return it.
 
     Give each worker ``listener.queue`` (or let it find the listener through
     ``LOGFUNNEL_ADDRESS``). With *handlers* None, records go through this process's logging
-    configuration, so per-logger routing keeps working.
+    configuration, so per-logger routing keeps working. *allow_remote* True lets *address* be a TCP
+    address beyond loopback (the port is then open to whoever can reach it, unencrypted).
     """
     checked = check_handlers(handlers, "start_listener()")
     check_level(level, "start_listener()")
-    check_address(address, "start_listener()")
+    check_address(address, "start_listener()", allow_remote)
     listener = LogListener(
         None,
         *checked,
         respect_handler_level=respect_handler_level,
         level=level,
         address=address,
+        allow_remote=allow_remote,
     )
     return listener.start()

@@ -249,7 +249,8 @@ class LogManager:
     under spawn and forkserver) or a ``logging.config.dictConfig`` *config* to build there; with
     neither, records go through the manager process's own logging configuration. Give workers
     ``manager.queue``. Start it again with the same *address* and *authkey* after it died, and the
-    workers reconnect and deliver what they still hold.
+    workers reconnect and deliver what they still hold. A TCP *address* beyond loopback is refused
+    unless *allow_remote* is True.
 
     The arguments are checked here, in the caller, before any process or folder exists; a manager
     that fails to start leaves neither a process nor a temporary folder behind.
@@ -265,6 +266,7 @@ class LogManager:
         address: str | None = None,
         authkey: bytes | None = None,
         start_method: str | None = None,
+        allow_remote: bool = False,
     ) -> None:
         caller = "LogManager()"
         if handlers is not None and config is not None:
@@ -275,7 +277,7 @@ class LogManager:
                 f"{caller} expected config as a logging.config.dictConfig dict, got {type(config).__name__!r}"
             )
         checked_level = check_level(level, caller)
-        self.address = check_address(address, caller)
+        self.address = check_address(address, caller, allow_remote)
         if authkey is not None and (not isinstance(authkey, bytes) or not authkey):
             raise TypeError(
                 f"{caller} expected authkey as non-empty bytes (or None for a fresh key), "
@@ -291,7 +293,11 @@ class LogManager:
         self.config = config
         self.authkey = authkey or os.urandom(32)
         self.start_method = start_method
-        self._options = {"level": checked_level, "respect_handler_level": respect_handler_level}
+        self._options = {
+            "level": checked_level,
+            "respect_handler_level": respect_handler_level,
+            "allow_remote": allow_remote,
+        }
         self._process: Any = None
         self._conn: Any = None
         self._owner = os.getpid()
