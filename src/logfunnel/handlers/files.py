@@ -20,6 +20,7 @@ import fcntl
 import io
 import logging
 import logging.handlers
+import multiprocessing.util
 import os
 import stat
 import threading
@@ -31,6 +32,7 @@ from .. import _wire
 from .._exit import at_exit
 from .._handling import UnlockedHandle, banner
 from ._compress import Compressor
+from ._disk import Losses, write_lines
 
 __all__ = ["LockedFileHandler", "LockedRotatingFileHandler", "LockedWatchedFileHandler"]
 
@@ -150,6 +152,7 @@ class _Locked(UnlockedHandle):
         self._per_record = _overrides(type(self), self._seams)
         self._reset_process()
         _handlers.add(self)
+        multiprocessing.util.register_after_fork(self, _Locked._mp_child)
         if self._compressor is not None:
             self._compressor.sweep()
 
@@ -164,6 +167,8 @@ class _Locked(UnlockedHandle):
         self._flusher: threading.Thread | None = None
         self._closing = False
         self._exit_hooked = False  # registered at the first line this process writes
+        self._sync = False  # in a raw os.fork() child: every line written before emit() returns
+        self.losses = Losses()  # this process's lines that could not be written, by reason
 
     def _after_fork_in_child(self) -> None:
         stream = getattr(self, "stream", None)
@@ -175,8 +180,21 @@ class _Locked(UnlockedHandle):
             _orphans.append(stream)
             self.stream = None
         self._reset_process()
+        # A raw os.fork() child leaves through os._exit() with no exit hook of ours run, so nothing
+        # may wait in its queue: it writes each line before emit() returns. A multiprocessing child
+        # runs its finalizers, our flush among them, and says so below (_mp_child, registered with
+        # multiprocessing's after-fork hooks, which run after this one and only in its children).
+        self._sync = True
         if self._compressor is not None:
             self._compressor = Compressor(self.baseFilename, self._locked, self.chmod)
+
+    def _mp_child(self) -> None:
+        self._sync = False
+
+    @property
+    def lines_lost(self) -> int:
+        """How many lines this process could not write (all reasons; see ``losses.by_reason``)."""
+        return self.losses.total
 
     # -- opening --------------------------------------------------------------------------------------
 
@@ -266,13 +284,14 @@ class _Locked(UnlockedHandle):
                     finally:
                         self._writing.release()
                 self._pending.append(item)
-            if isinstance(record.levelno, int) and record.levelno >= logging.ERROR:
+            if self._sync or (isinstance(record.levelno, int) and record.levelno >= logging.ERROR):
                 self._flush_pending(block=True)
             elif not self._woken:
                 self._wake_flusher()
         except RecursionError:
             raise
         except Exception:
+            self.losses.lose(1, "error", episode=False)
             self.handleError(record)  # type: ignore[attr-defined]
 
     def _emit_per_record(self, record: logging.LogRecord) -> None:
@@ -422,21 +441,18 @@ class _Locked(UnlockedHandle):
         self._write_text([text for text, _ in items])
 
     def _write_text(self, lines: list[str]) -> None:
-        stream = self.stream
-        try:
-            stream.write("".join(lines))
-        except UnicodeError:  # one line the encoding cannot take must not cost the others
-            for line in lines:
-                try:
-                    stream.write(line)
-                except UnicodeError:
-                    self.handleError(logging.makeLogRecord({"msg": line}))  # type: ignore[attr-defined]
-        stream.flush()
+        # Whole lines or none (see _disk): a disk that fills up mid-write leaves no fragment behind.
+        if self.stream is None:  # dropped after a failed write: reopen
+            self.stream = self._open()
+        self.stream = write_lines(self, self.stream, lines)  # type: ignore[arg-type]
 
     def _nbytes(self, text: str) -> int:
         if self._ascii_ok and text.isascii():
             return len(text)
-        return len(text.encode(self.stream.encoding, self.stream.errors or "strict"))
+        try:
+            return len(text.encode(self.stream.encoding, self.stream.errors or "strict"))
+        except UnicodeError:  # written (or counted lost) on its own later; its size is a guess here
+            return len(text.encode(self.stream.encoding, "replace"))
 
     def rotation_filename(self, default_name: str) -> str:
         name: str = _BaseRotatingHandler.rotation_filename(self, default_name)  # type: ignore[arg-type]
