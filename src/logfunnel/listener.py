@@ -27,7 +27,6 @@ from typing import Any
 from . import _wire, worker
 from ._checks import check_address, check_handlers, check_level
 from ._handling import banner
-from .handlers._disk import losses_of, write_lines
 from ._serving import SocketServing, _Connection, _Process
 from ._transport import (
     QueueHandle,
@@ -35,6 +34,7 @@ from ._transport import (
     publish,
     withdraw,
 )
+from .handlers._disk import losses_of, write_lines
 
 __all__ = ["LogListener", "start_listener"]
 

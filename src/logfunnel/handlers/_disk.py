@@ -54,16 +54,19 @@ class Losses:
                 self.episode_reason = reason
             return first
 
-    def recovered(self) -> str | None:
-        """After a write that succeeded: the warning to write if an episode just ended."""
+    def recovered(self) -> tuple[int, str]:
+        """After a write that succeeded: the lines the episode that just ended lost (0 if none was
+        under way), and its reason; the episode is over, unless ``resume()`` says otherwise."""
+        with self._lock:
+            count, reason, self.episode = self.episode, self.episode_reason, 0
+            return count, reason
+
+    def resume(self, count: int, reason: str) -> None:
+        """The warning that ends an episode could not be written either: the episode goes on."""
         with self._lock:
             if not self.episode:
-                return None
-            count, reason, self.episode = self.episode, self.episode_reason, 0
-        plural = "line was" if count == 1 else "lines were"
-        if reason == "disk_full":
-            return f"{count} {plural} lost while the disk was full"
-        return f"{count} {plural} lost while the log could not be written"
+                self.episode_reason = reason
+            self.episode += count
 
     def as_dict(self) -> dict[str, Any]:
         with self._lock:
@@ -125,7 +128,8 @@ def _encode(
 
 
 def write_lines(handler: logging.Handler, stream: Any, lines: list[str], end: str = "") -> Any:
-    """Write *lines*, each followed by *end* (their terminator, unless they carry it), to *stream*, whole or not at all, and count losses.
+    """Write *lines*, each followed by *end* (their terminator, unless they carry it), to *stream*:
+    each line whole or not at all, losses counted.
 
     Returns the stream to keep using: *stream*, or None when it had to be dropped (the caller
     reopens it). The caller holds whatever lock keeps other writers out of the file.
@@ -144,19 +148,40 @@ def write_lines(handler: logging.Handler, stream: Any, lines: list[str], end: st
     if not data:
         return stream
     stream.flush()  # anything written through the stream itself goes first (a seam of a subclass)
+    try:
+        _write_all(fd, data)
+    except OSError as exc:
+        _cut_back(handler, fd, [line + end for line in lines], encoding, errors, exc, losses)
+        return stream
+    if losses.episode:
+        _report_recovery(handler, fd, encoding, errors, losses)
+    return stream
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until all of *data* is written; an OSError carries how much was (``written``)."""
     done = 0
     view = memoryview(data)
+    while done < len(data):
+        try:
+            done += os.write(fd, view[done:])
+        except InterruptedError:
+            continue
+        except OSError as exc:
+            exc.written = done  # type: ignore[attr-defined]
+            raise
+
+
+def _truncate(fd: int, excess: int) -> None:
+    """Cut the last *excess* bytes off the file open on *fd* (a fragment of a failed write)."""
+    if excess <= 0:
+        return
     try:
-        while done < len(data):
-            try:
-                done += os.write(fd, view[done:])
-            except InterruptedError:
-                continue
-    except OSError as exc:
-        _cut_back(handler, fd, [line + end for line in lines], encoding, errors, done, exc, losses)
-        return stream
-    _report_recovery(handler, stream, losses)
-    return stream
+        size = os.fstat(fd).st_size - excess
+        os.ftruncate(fd, size)
+        os.lseek(fd, size, os.SEEK_SET)  # (for a file not opened for appending)
+    except OSError:
+        pass
 
 
 def _cut_back(
@@ -165,12 +190,12 @@ def _cut_back(
     lines: list[str],
     encoding: str,
     errors: str,
-    done: int,
     exc: OSError,
     losses: Losses,
 ) -> None:
-    """After a write failed with *done* bytes written: keep the whole lines among them,
-    cut the file back to the end of the last one, count the others lost."""
+    """After a write failed part way: keep the whole lines written, cut the file back to the end of
+    the last one, count the others lost; report the failure if it begins an episode."""
+    done: int = getattr(exc, "written", 0)
     kept_bytes = kept_lines = 0
     if done:
         for line in lines:
@@ -179,13 +204,7 @@ def _cut_back(
                 break
             kept_bytes += length
             kept_lines += 1
-    if kept_bytes != done:
-        try:
-            size = os.fstat(fd).st_size - (done - kept_bytes)
-            os.ftruncate(fd, size)
-            os.lseek(fd, size, os.SEEK_SET)  # (for a file not opened for appending)
-        except OSError:
-            pass
+    _truncate(fd, done - kept_bytes)
     if losses.lose(len(lines) - kept_lines, _reason(exc)):
         try:
             raise exc
@@ -193,19 +212,28 @@ def _cut_back(
             handler.handleError(_failure(f"{len(lines) - kept_lines} lines not written"))
 
 
-def _report_recovery(handler: logging.Handler, stream: Any, losses: Losses) -> None:
-    if not losses.episode:
-        return
-    message = losses.recovered()
-    if message is None:
-        return
+def _warning(handler: logging.Handler, count: int, reason: str) -> str:
+    """The line that ends an episode: how many lines it cost, formatted as the handler's own."""
+    plural = "line was" if count == 1 else "lines were"
+    if reason == "disk_full":
+        message = f"{count} {plural} lost while the disk was full"
+    else:
+        message = f"{count} {plural} lost while the log could not be written"
     record = logging.LogRecord("logfunnel", logging.WARNING, __file__, 0, message, None, None)
+    return handler.format(record) + getattr(handler, "terminator", "\n")
+
+
+def _report_recovery(handler: logging.Handler, fd: int, encoding: str, errors: str, losses: Losses) -> None:
+    count, reason = losses.recovered()
+    if not count:
+        return
     try:
-        text = handler.format(record) + getattr(handler, "terminator", "\n")
-        data = text.encode(stream.encoding, stream.errors or "strict")
-        os.write(stream.fileno(), data)
+        _write_all(fd, _warning(handler, count, reason).encode(encoding, "replace"))
+    except OSError as exc:
+        _truncate(fd, getattr(exc, "written", 0))
+        losses.resume(count, reason)
     except Exception:
-        losses.lose(1, "error", episode=False)
+        losses.resume(count, reason)
 
 
 def _write_through_stream(handler: logging.Handler, stream: Any, lines: list[str], losses: Losses) -> Any:
@@ -240,12 +268,13 @@ def _write_through_stream(handler: logging.Handler, stream: Any, lines: list[str
         _dropped.append(stream)
         return None
     if losses.episode:
-        message = losses.recovered()
-        if message is not None:
-            record = logging.LogRecord("logfunnel", logging.WARNING, __file__, 0, message, None, None)
-            with contextlib.suppress(Exception):
-                stream.write(handler.format(record) + getattr(handler, "terminator", "\n"))
+        count, reason = losses.recovered()
+        if count:
+            try:
+                stream.write(_warning(handler, count, reason))
                 stream.flush()
+            except Exception:
+                losses.resume(count, reason)
     return stream
 
 
