@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import subprocess
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 
 from _fork_helpers import FORK, FORMAT, LINE, LockHolder, make_handler, own_logger
+from _tmpfs import tiny_tmpfs
 from logfunnel.handlers import LockedFileHandler, LockedRotatingFileHandler
 from logfunnel.listener import LogListener
 
@@ -23,20 +23,8 @@ WARNING = re.compile(r"^\d+\.\d+ (\d+) \d+ (\d+) lines? (?:was|were) lost while 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs of the test's own, unmounted afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        reason = f"cannot mount a 1 MiB tmpfs (needs root): {done.stderr.strip()}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
+    with tiny_tmpfs(tmp_path) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 class _Reporting(LockedRotatingFileHandler):
