@@ -18,6 +18,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import errno
+import functools
 import logging
 import os
 import threading
@@ -90,6 +91,7 @@ def losses_of(handler: logging.Handler) -> Losses:
         return found
 
 
+@functools.lru_cache(maxsize=64)
 def _stateless(encoding: str) -> bool:
     try:
         name = codecs.lookup(encoding).name
