@@ -228,3 +228,39 @@ def test_raw_fork_child_queued_line_survives_os_exit(tmp_path):
             holder.process.join(10)
         messages = sorted(line.split(" ", 3)[3] for line in path.read_text().splitlines())
         assert messages == ["w=child i=1", "w=parent i=0"], f"attempt {attempt}"
+
+
+class _PerRecord(LockedRotatingFileHandler):
+    """Overrides a seam: the standard library's emit, record by record, under the lock."""
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        return super().shouldRollover(record)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cls", [LockedFileHandler, LockedRotatingFileHandler, _PerRecord])
+def test_disk_full_leaves_no_torn_line_in_one_process(tiny_disk, cls, capsys):
+    """One process, batched or record by record: whole lines only, losses counted, recovery by itself."""
+    filler = tiny_disk / "filler"
+    filler.write_bytes(b"x" * 900_000)
+    handler = make_handler(
+        cls,
+        tiny_disk / "app.log",
+        **({} if cls is LockedFileHandler else {"maxBytes": 50_000, "backupCount": 50}),
+    )
+    log = own_logger("one", handler)
+    for i in range(3000):
+        log.info("w=one i=%d", i)
+    lost_while_full = handler.lines_lost
+    filler.unlink()
+    for i in range(3000, 3100):
+        log.info("w=one i=%d", i)
+    handler.close()
+    lines = _read_lines(tiny_disk, "app.log")
+    written = [int(m.group(5)) for m in map(LINE.match, lines) if m]
+    warnings = [int(m.group(2)) for m in map(WARNING.match, lines) if m]
+    assert len(written) + len(warnings) == len(lines), "a torn line"
+    assert lost_while_full > 0 and handler.lines_lost == lost_while_full == sum(warnings)
+    assert len(written) + handler.lines_lost == 3100 and len(set(written)) == len(written)
+    assert set(range(3000, 3100)) <= set(written)
+    assert capsys.readouterr().err.count("--- Logging error ---") == len(warnings)

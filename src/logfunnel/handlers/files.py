@@ -352,7 +352,7 @@ class _Locked(UnlockedHandle):
 
     def _emit_per_record(self, record: logging.LogRecord) -> None:
         """The standard library's emit, with the file lock held: ``_before_emit()`` (the rotation
-        seams), then ``FileHandler.emit`` (``format()``, write, flush)."""
+        seams), then what ``FileHandler.emit`` does (``format()``, write whole, flush)."""
         try:
             with self.lock:
                 if self._pid != os.getpid():
@@ -364,10 +364,13 @@ class _Locked(UnlockedHandle):
                 with self._locked():
                     self._sync_stream()
                     self._before_emit(record)
-                    _FileHandler.emit(self, record)  # type: ignore[arg-type]
+                    # StreamHandler.emit's format and write, through _write_text: a full disk
+                    # leaves no fragment here either, and the loss is counted.
+                    self._write_text([self.format(record) + self.terminator])  # type: ignore[attr-defined]
         except RecursionError:
             raise
         except Exception:
+            self.losses.lose(1, "error", episode=False)
             self.handleError(record)  # type: ignore[attr-defined]
 
     def _before_emit(self, record: logging.LogRecord) -> None:
