@@ -19,6 +19,7 @@ import codecs
 import contextlib
 import errno
 import functools
+import io
 import logging
 import os
 import threading
@@ -137,6 +138,8 @@ def write_lines(handler: logging.Handler, stream: Any, lines: list[str], end: st
     reopens it). The caller holds whatever lock keeps other writers out of the file.
     """
     losses = losses_of(handler)
+    if type(stream) is not io.TextIOWrapper:  # a wrapper's own write() must run (colour, capture)
+        return _write_through_stream(handler, stream, [line + end for line in lines], losses)
     try:
         fd = stream.fileno()
         encoding = stream.encoding
@@ -206,7 +209,8 @@ def _cut_back(
                 break
             kept_bytes += length
             kept_lines += 1
-    _truncate(fd, done - kept_bytes)
+    if isinstance(handler, logging.FileHandler):  # a file of ours, not a shared stderr
+        _truncate(fd, done - kept_bytes)
     if losses.lose(len(lines) - kept_lines, _reason(exc)):
         try:
             raise exc
@@ -260,7 +264,7 @@ def _write_through_stream(handler: logging.Handler, stream: Any, lines: list[str
     except OSError as exc:
         if losses.lose(len(lines), _reason(exc)):
             handler.handleError(_failure(f"{len(lines)} lines not written"))
-        if fd < 0 or size < 0:
+        if fd < 0 or size < 0 or not isinstance(handler, logging.FileHandler):
             return stream
         # The stream's buffer may still hold part of the batch: cut the file back, and drop the
         # stream without flushing it (kept, so that its finalizer never closes a reused descriptor).

@@ -508,6 +508,8 @@ class _Locked(UnlockedHandle):
     def _nbytes(self, text: str) -> int:
         if self._ascii_ok and text.isascii():
             return len(text)
+        if self.stream is None:  # dropped after a failed write (see _disk): reopen
+            self.stream = self._open()
         try:
             return len(text.encode(self.stream.encoding, self.stream.errors or "strict"))
         except UnicodeError:  # written (or counted lost) on its own later; its size is a guess here
