@@ -236,7 +236,8 @@ def _report_recovery(handler: logging.Handler, fd: int, encoding: str, errors: s
     try:
         _write_all(fd, _warning(handler, count, reason).encode(encoding, "replace"))
     except OSError as exc:
-        _truncate(fd, getattr(exc, "written", 0))
+        if isinstance(handler, logging.FileHandler):
+            _truncate(fd, getattr(exc, "written", 0))
         losses.resume(count, reason)
     except Exception:
         losses.resume(count, reason)
