@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+import logfunnel
 from _fork_helpers import FORK, FORMAT, LINE, LockHolder, make_handler, own_logger
 from _tmpfs import tiny_tmpfs
+from _workers import wait_for
 from logfunnel.handlers import LockedFileHandler, LockedRotatingFileHandler
 from logfunnel.listener import LogListener
 
@@ -264,3 +266,57 @@ def test_disk_full_leaves_no_torn_line_in_one_process(tiny_disk, cls, capsys):
     assert len(written) + handler.lines_lost == 3100 and len(set(written)) == len(written)
     assert set(range(3000, 3100)) <= set(written)
     assert capsys.readouterr().err.count("--- Logging error ---") == len(warnings)
+
+
+def _worker_lines(handle: Any, wid: str, count: int) -> None:
+    """Child: *count* numbered lines through worker logging to the listener."""
+    logfunnel.install_worker_logging(handle)
+    log = logging.getLogger(f"disk.{wid}")
+    log.setLevel(logging.INFO)
+    for i in range(count):
+        log.warning("w=%s i=%d", wid, i)
+    logfunnel.flush_worker_logging(30)
+
+
+def _run_workers(handle: Any, specs: list[tuple[str, int]]) -> None:
+    processes = [FORK.Process(target=_worker_lines, args=(handle, wid, n)) for wid, n in specs]
+    try:
+        for p in processes:
+            p.start()
+        for p in processes:
+            p.join(60)
+    finally:
+        for p in processes:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+    assert [p.exitcode for p in processes] == [0] * len(processes)
+
+
+@pytest.mark.timeout(120)
+def test_listener_file_handler_on_a_full_disk_tears_no_line(tiny_disk):
+    """4 workers into a listener's plain FileHandler on a full disk, then space: no torn line, and
+    received = written + lines_lost, exactly; the listener reports the loss in the file."""
+    filler = tiny_disk / "filler"
+    filler.write_bytes(b"x" * 700_000)
+    handler = logging.FileHandler(tiny_disk / "listener.log")
+    handler.setFormatter(logging.Formatter(FORMAT))
+    with logfunnel.start_listener(handlers=[handler]) as listener:
+        _run_workers(listener.queue, [(f"w{n}", 4000) for n in range(4)])
+        assert wait_for(lambda: listener.stats()["received"] == 16_000, timeout=30)
+        filler.unlink()
+        _run_workers(listener.queue, [("after", 100)])
+        assert wait_for(lambda: listener.stats()["received"] == 16_100, timeout=30)
+        stats = listener.stats()
+        losses = listener._handler_losses()
+    handler.close()
+    lines = _read_lines(tiny_disk, "listener.log")
+    written = [m.group(4, 5) for m in map(LINE.match, lines) if m]
+    warnings = [int(m.group(2)) for m in map(WARNING.match, lines) if m]
+    assert len(written) + len(warnings) == len(lines), "a torn line"
+    assert len(set(written)) == len(written)
+    assert losses["lines_lost"] > 0, "the disk never filled up: the test proves nothing"
+    assert stats["dropped"] == stats["lost"] == 0
+    assert stats["received"] == len(written) + losses["lines_lost"]
+    assert sum(warnings) == losses["lines_lost"]
+    assert {("after", str(i)) for i in range(100)} <= set(written)
