@@ -237,8 +237,16 @@ def test_unicode_error_policy_checks_its_value(tmp_path):
         LockedFileHandler(str(tmp_path / "a.log"), errors="ignore", unicode_error_policy="strict")
 
 
+class _PerRecordTimed(LockedTimedRotatingFileHandler):
+    """Overrides a seam: shouldRollover() and doRollover() decide, record by record."""
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        return super().shouldRollover(record)
+
+
+@pytest.mark.parametrize("cls", [LockedTimedRotatingFileHandler, _PerRecordTimed])
 @pytest.mark.parametrize("compress", [False, True])
-def test_timed_max_bytes_rotates_on_size_within_an_interval(tmp_path, compress):
+def test_timed_max_bytes_rotates_on_size_within_an_interval(tmp_path, compress, cls):
     """maxBytes on the timed handler: numbered backups of the hour, each under maxBytes; backupCount
     keeps the newest; every line kept is there once."""
     path = tmp_path / "app.log"

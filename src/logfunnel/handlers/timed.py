@@ -79,9 +79,14 @@ class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
 
     def shouldRollover(self, record: logging.LogRecord) -> bool:
         """The standard library's answer (the time now against the next rollover time; never for a
-        file that is not a regular one), with the next rollover time taken from the shared schedule."""
+        file that is not a regular one), with the next rollover time taken from the shared schedule;
+        with *maxBytes*, also True when *record* would take the file to that size."""
         with self._locked():
             self._adopt_schedule()
+            if self.maxBytes > 0 and os.path.isfile(self.baseFilename):  # size too, whichever first
+                size = self._sync_stream()
+                if size > 0 and size + self._nbytes(self.format(record) + self.terminator) >= self.maxBytes:
+                    return True
         return bool(_TimedRotatingFileHandler.shouldRollover(self, record))
 
     def doRollover(self) -> None:
@@ -100,17 +105,14 @@ class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
         accept (on every version), so they are matched here."""
         if (not self.compress and self.maxBytes <= 0) or callable(self.namer):
             return super().getFilesToDelete()
-        folder, name = os.path.split(self.baseFilename)
-        pattern = re.compile(self._backup_pattern() + r"(\.gz)?")
-
-        def order(entry: str) -> tuple[str, int]:
-            stem = entry[:-3] if entry.endswith(".gz") else entry
-            head, _, number = stem[len(name) + 1 :].partition(".")
-            return head, int(number or 0)
-
-        backups = sorted(
-            (entry for entry in os.listdir(folder or ".") if pattern.fullmatch(entry)), key=order
-        )
+        folder = os.path.dirname(self.baseFilename)
+        pattern = re.compile(self._backup_pattern() + r"(?:\.gz)?")
+        found = [
+            (m.group(1), int(m.group(2) or 0), m.group())
+            for m in map(pattern.fullmatch, os.listdir(folder or "."))
+            if m
+        ]
+        backups = [entry for *_, entry in sorted(found)]  # by interval, then number (.2 before .10)
         if len(backups) <= self.backupCount:
             return []
         return [os.path.join(folder, entry) for entry in backups[: len(backups) - self.backupCount]]
@@ -119,7 +121,7 @@ class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
         """The names of this handler's plain backups: the suffix's stamp, and a number (maxBytes)."""
         digits = {"%Y": r"\d{4}"}
         stamp = re.sub(r"%[YmdHMS]", lambda m: digits.get(m.group(), r"\d{2}"), re.escape(self.suffix))
-        return re.escape(os.path.basename(self.baseFilename) + ".") + stamp + r"(?:\.\d+)?"
+        return re.escape(os.path.basename(self.baseFilename) + ".") + f"({stamp})" + r"(?:\.(\d+))?"
 
     def _exists(self, dest: str) -> str | None:
         """The backup at *dest*, compressed or (until it is) plain, if there is one."""
