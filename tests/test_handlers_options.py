@@ -250,15 +250,7 @@ def test_timed_max_bytes_rotates_on_size_within_an_interval(tmp_path, compress, 
     """maxBytes on the timed handler: numbered backups of the hour, each under maxBytes; backupCount
     keeps the newest; every line kept is there once."""
     path = tmp_path / "app.log"
-    handler = make_handler(
-        LockedTimedRotatingFileHandler,
-        path,
-        when="H",
-        utc=True,
-        backupCount=3,
-        maxBytes=1000,
-        compress=compress,
-    )
+    handler = make_handler(cls, path, when="H", utc=True, backupCount=3, maxBytes=1000, compress=compress)
     _log(handler, 200)
     handler.close()
     backups = sorted(p for p in tmp_path.iterdir() if p.name.startswith("app.log."))
