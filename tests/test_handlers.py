@@ -507,8 +507,13 @@ def test_second_rollover_into_the_same_interval_keeps_the_backup_a_valid_gzip(tm
     log = own_logger("timed-gzip-twice", handler)
     log.info("w=solo i=%d", 0)
     handler.doRollover()
-    (backup,) = [p for p in tmp_path.iterdir() if p.name.startswith("app.log.")]
-    assert wait_for(lambda: backup.read_bytes()[:2] == b"\x1f\x8b"), "the first backup was never compressed"
+
+    # The backup keeps its plain name until it is gzip (a .gz name never holds plain text).
+    def compressed() -> bool:
+        names = [p for p in tmp_path.iterdir() if p.name.startswith("app.log.")]
+        return len(names) == 1 and names[0].name.endswith(".gz") and names[0].read_bytes()[:2] == b"\x1f\x8b"
+
+    assert wait_for(compressed), "the first backup was never compressed"
     log.info("w=solo i=%d", 1)
     handler.doRollover()
     log.info("w=solo i=%d", 2)

@@ -440,7 +440,12 @@ def test_lock_that_cannot_be_taken_for_a_subclass_goes_to_handle_error_not_the_c
         def handleError(self, record: logging.LogRecord) -> None:
             errors.append(record)
 
-    handler = Failing(str(tmp_path / "app.log"), lock_file=str(tmp_path / "missing" / "app.lock"))
+    handler = Failing(str(tmp_path / "app.log"))
+
+    def unusable(blocking: bool = True) -> bool:  # (a lock file in a missing folder is made now)
+        raise PermissionError(13, "Permission denied")
+
+    handler._lockfile.acquire = unusable  # type: ignore[method-assign]
     own_logger("failing", handler).info("w=a i=%d", 0)
     handler.close()
     assert len(errors) == 1

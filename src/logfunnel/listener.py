@@ -34,6 +34,7 @@ from ._transport import (
     publish,
     withdraw,
 )
+from .handlers._disk import losses_of, write_lines
 
 __all__ = ["LogListener", "start_listener"]
 
@@ -406,7 +407,9 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
 
     @staticmethod
     def _write_lines(handler: logging.Handler, lines: list[str]) -> None:
-        # What StreamHandler.emit does for each record, once for the whole batch.
+        # What StreamHandler.emit does for each record, once for the whole batch: whole lines or
+        # none when the disk fills up, losses counted, one unencodable line costing only itself
+        # (handlers._disk.write_lines).
         terminator = handler.terminator  # type: ignore[attr-defined]
         handler.acquire()
         try:
@@ -419,19 +422,26 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
                 stream = handler.stream = handler._open()  # noqa: SLF001
             if stream is None:
                 return
-            try:
-                stream.write(terminator.join(lines) + terminator)
-            except UnicodeError:  # one line the stream cannot encode must not cost the others
-                for line in lines:
-                    try:
-                        stream.write(line + terminator)
-                    except Exception:
-                        handler.handleError(_failure_record(line))
-            handler.flush()
+            kept = write_lines(handler, stream, lines, terminator)
+            if kept is None and isinstance(handler, logging.FileHandler):
+                handler.stream = None  # dropped after a failed write: reopened with the next batch
         except Exception:
+            losses_of(handler).lose(len(lines), "error", episode=False)
             handler.handleError(_failure_record(f"a batch of {len(lines)} lines"))
         finally:
             handler.release()
+
+    def _handler_losses(self) -> dict[str, Any]:
+        """Lines the handlers could not write (a full disk, an unencodable line): ``lines_lost``, and
+        ``handler_failures`` by reason, summed over the handlers (this process's share of each)."""
+        total = 0
+        reasons: dict[str, int] = {}
+        for handler in self.handlers:
+            figures = losses_of(handler).as_dict()
+            total += figures["lines_lost"]
+            for reason, count in figures["by_reason"].items():
+                reasons[reason] = reasons.get(reason, 0) + count
+        return {"lines_lost": total, "handler_failures": reasons}
 
     # -- reading a multiprocessing queue -----------------------------------------------------------
 

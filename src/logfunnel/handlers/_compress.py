@@ -1,12 +1,14 @@
 """Gzip rotated files in the background, without holding up any writer.
 
-A rotated file takes its final name (``app.log.1.gz``) at once, still uncompressed, so that every
-later rotation shifts it like any other backup. A thread then compresses it into a hidden temporary
-file and, under the handler's locks, replaces whatever name the backup has by then. The backup is
+A rotated file keeps its plain name (``app.log.1``) until it is compressed: a name ending in ``.gz``
+always holds gzip. Later rotations shift plain and compressed backups alike. A thread compresses the
+backup into a hidden temporary file and, under the handler's locks, renames that to the backup's
+name by then plus ``.gz`` and removes the plain one. If compressing fails (a full disk), the plain
+backup stays, under its plain name, and is compressed when the handler next starts. The backup is
 found again by its identity: device, inode, size and modification time, since a file system reuses
 the inode number of a deleted backup at once. One that grew meanwhile (a late line was appended) is
-compressed again; one that was deleted is dropped. A file left uncompressed by a crash is found by
-its missing gzip header and compressed on the next pass.
+compressed again; one that was deleted is dropped. A ``.gz`` without a gzip header (left by an older
+release) gets its plain name back, and is compressed, when the handler starts.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import re
 import shutil
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._handling import banner
+from ._perms import Perms
 
 __all__ = ["Compressor", "append_file", "is_gzip"]
 
@@ -66,11 +70,16 @@ class Compressor:
     """One background thread per handler and process; ``wait()`` returns when its queue is empty."""
 
     def __init__(
-        self, base: str, locked: Callable[[], contextlib.AbstractContextManager[Any]], chmod: int | None
+        self,
+        base: str,
+        locked: Callable[[], contextlib.AbstractContextManager[Any]],
+        perms: Perms,
+        pattern: str,
     ) -> None:
         self.base = base
         self.locked = locked  # a context manager that holds the handler's locks
-        self.chmod = chmod
+        self.perms = perms
+        self.pattern = re.compile(pattern)  # the names of the handler's plain backups
         self._queue: list[Identity] = []
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -90,10 +99,16 @@ class Compressor:
             self._cond.notify()
 
     def sweep(self) -> None:
-        """Queue every backup that carries the .gz name but not yet the content (a crash's leftovers)."""
-        for path in self._backups():
-            if path.endswith(".gz") and not is_gzip(path):
-                self.submit(path)
+        """Queue every plain backup (a failed compression's, a crash's); give a ``.gz`` that is not
+        gzip (an older release's) its plain name back first."""
+        with self.locked():
+            for path in list(self._backups()):
+                name = os.path.basename(path)
+                if path.endswith(".gz") and not is_gzip(path) and not os.path.exists(path[:-3]):
+                    os.rename(path, path[:-3])
+                    path, name = path[:-3], name[:-3]
+                if self.pattern.fullmatch(name) and not is_gzip(path):
+                    self.submit(path)
 
     def wait(self, timeout: float | None = None) -> bool:
         with self._cond:
@@ -145,12 +160,18 @@ class Compressor:
         try:
             with source, open(temporary, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb") as packed:
                 shutil.copyfileobj(source, packed, 1 << 20)
-            if self.chmod is not None:
-                os.chmod(temporary, self.chmod)
+            self.perms.apply_path(temporary)
             with self.locked():
                 found = self._find(identity)  # it may have been shifted, or deleted, meanwhile
                 if found is not None:
-                    os.replace(temporary, found[0])
+                    path = found[0]
+                    if path.endswith(".gz"):  # (an older release's .gz name)
+                        os.replace(temporary, path)
+                        return
+                    # First the gzip under its name, then the plain one goes: a crash in between
+                    # leaves the lines twice, never nowhere.
+                    os.replace(temporary, path + ".gz")
+                    os.remove(path)
                     return
                 grown = self._find(identity, exact=False)
                 if grown is not None and not is_gzip(grown[0]):

@@ -20,7 +20,9 @@ import fcntl
 import io
 import logging
 import logging.handlers
+import multiprocessing.util
 import os
+import re
 import stat
 import threading
 import weakref
@@ -31,6 +33,8 @@ from .. import _wire
 from .._exit import at_exit
 from .._handling import UnlockedHandle, banner
 from ._compress import Compressor
+from ._disk import Losses, write_lines
+from ._perms import OwnerSpec, Perms, resolve_owner
 
 __all__ = ["LockedFileHandler", "LockedRotatingFileHandler", "LockedWatchedFileHandler"]
 
@@ -57,9 +61,9 @@ class _LockFile:
     Without a *path* (a log that is a device or a FIFO), it locks nothing and keeps the state here.
     """
 
-    def __init__(self, path: str | None, chmod: int | None) -> None:
+    def __init__(self, path: str | None, perms: Perms) -> None:
         self.path = path
-        self.chmod = chmod
+        self.perms = perms
         self._fd = -1
         self._pid = 0
         self._state = ""
@@ -72,9 +76,8 @@ class _LockFile:
             if self._fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(self._fd)
-            permissions = 0o666 if self.chmod is None else self.chmod
             assert self.path is not None
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, permissions)
+            self._fd = self.perms.open_lock(self.path)  # with chmod, umask and owner applied
             self._pid = os.getpid()
         return self._fd
 
@@ -125,12 +128,48 @@ class _Locked(UnlockedHandle):
     filters: list[Any]
     encoding: str | None
     errors: str | None
-    chmod: int | None  # set by each constructor, before the standard library's opens the file
+    chmod: int | None  # set by each constructor (_options), before the standard library's opens the file
+    _perms: Perms
     _closed: bool  # set by Handler.close()
 
     _seams: tuple[str, ...] = _PLAIN_SEAMS
 
-    def _locked_init(self, chmod: int | None, lock_file: str | None, compress: bool = False) -> None:
+    def _options(
+        self,
+        chmod: int | None,
+        umask: int | None,
+        owner: OwnerSpec | None,
+        errors: str | None,
+        unicode_error_policy: str | None,
+    ) -> str | None:
+        """Keep the options that the standard library's constructor needs already (it opens the file);
+        return the *errors* to give it."""
+        caller = f"{type(self).__name__}()"
+        self.chmod = chmod
+        self._perms = Perms(chmod, umask, resolve_owner(owner, caller))
+        if unicode_error_policy is None:
+            return errors
+        if unicode_error_policy not in ("ignore", "replace", "strict"):
+            raise ValueError(
+                f"{caller} expected unicode_error_policy 'ignore', 'replace' or 'strict', "
+                f"got {unicode_error_policy!r}"
+            )
+        if errors is not None and errors != unicode_error_policy:
+            raise ValueError(
+                f"{caller} got errors={errors!r} and unicode_error_policy={unicode_error_policy!r}: "
+                "they are the same option, give one"
+            )
+        return unicode_error_policy
+
+    def _locked_init(
+        self,
+        chmod: int | None,
+        lock_file: str | None,
+        compress: bool = False,
+        terminator: str | None = None,
+    ) -> None:
+        if terminator is not None:
+            self.terminator = terminator
         self.compress = compress
         folder, name = os.path.split(self.baseFilename)
         self.lock_file: str | None = os.path.join(folder, f".{name}.lock")
@@ -140,8 +179,22 @@ class _Locked(UnlockedHandle):
             # /dev/null, /dev/stdout, a FIFO: never rotated, each batch one write(), and the
             # folder (/dev) is no place for a lock file of ours, nor writable for most users.
             self.lock_file = None
-        self._lockfile = _LockFile(self.lock_file, chmod)
-        self._compressor = Compressor(self.baseFilename, self._locked, chmod) if compress else None
+        self._lockfile = _LockFile(self.lock_file, self._perms)
+        if self.lock_file is not None:
+            # A lock file in a folder that does not exist: the folder is made, here, and the lock file
+            # opened, so that a path this process cannot use fails now, with its reason, instead of
+            # losing every record later (concurrent-log-handler's own tests: all 10,000 lost).
+            try:
+                self._perms.make_folder(os.path.dirname(self.lock_file))
+                self._lockfile.acquire(blocking=False)
+                self._lockfile.release()
+            except OSError as exc:
+                raise type(exc)(
+                    exc.errno,
+                    f"{type(self).__name__}() could not open its lock file {self.lock_file!r}: "
+                    f"{exc.strerror}; give lock_file= a path this process may create and write",
+                ) from exc
+        self._compressor = self._make_compressor() if compress else None
         self._renderer: tuple[Any, _wire.Renderer | None] = (object(), None)
         # A subclass that overrides one of the standard library's seams gets the standard library's
         # emit: one record at a time, each seam called where the standard library calls it, under
@@ -150,6 +203,7 @@ class _Locked(UnlockedHandle):
         self._per_record = _overrides(type(self), self._seams)
         self._reset_process()
         _handlers.add(self)
+        multiprocessing.util.register_after_fork(self, _Locked._mp_child)
         if self._compressor is not None:
             self._compressor.sweep()
 
@@ -164,6 +218,8 @@ class _Locked(UnlockedHandle):
         self._flusher: threading.Thread | None = None
         self._closing = False
         self._exit_hooked = False  # registered at the first line this process writes
+        self._sync = False  # in a raw os.fork() child: every line written before emit() returns
+        self.losses = Losses()  # this process's lines that could not be written, by reason
 
     def _after_fork_in_child(self) -> None:
         stream = getattr(self, "stream", None)
@@ -175,21 +231,39 @@ class _Locked(UnlockedHandle):
             _orphans.append(stream)
             self.stream = None
         self._reset_process()
+        # A raw os.fork() child leaves through os._exit() with no exit hook of ours run, so nothing
+        # may wait in its queue: it writes each line before emit() returns. A multiprocessing child
+        # runs its finalizers, our flush among them, and says so below (_mp_child, registered with
+        # multiprocessing's after-fork hooks, which run after this one and only in its children).
+        self._sync = True
         if self._compressor is not None:
-            self._compressor = Compressor(self.baseFilename, self._locked, self.chmod)
+            self._compressor = self._make_compressor()
+
+    def _make_compressor(self) -> Compressor:
+        return Compressor(self.baseFilename, self._locked, self._perms, self._backup_pattern())
+
+    def _backup_pattern(self) -> str:
+        """A regular expression for the names of this handler's uncompressed backups."""
+        return re.escape(os.path.basename(self.baseFilename)) + r"\.\d+"
+
+    def _mp_child(self) -> None:
+        self._sync = False
+
+    @property
+    def lines_lost(self) -> int:
+        """How many lines this process could not write (all reasons; see ``losses.by_reason``)."""
+        return self.losses.total
 
     # -- opening --------------------------------------------------------------------------------------
 
     def _open(self) -> Any:
-        created = not os.path.exists(self.baseFilename)
+        # Made with its mode and owner from the start (see _perms), never visible with the umask's.
+        self._perms.create(self.baseFilename)
         stream = _FileHandler._open(self)  # type: ignore[arg-type]  # noqa: SLF001
         st = os.fstat(stream.fileno())
         self._ident = (st.st_dev, st.st_ino)
         self._regular = stat.S_ISREG(st.st_mode)  # /dev/null and friends are never rotated
         self.dev, self.ino = self._ident  # as WatchedFileHandler has them
-        if created and getattr(self, "chmod", None) is not None:
-            with contextlib.suppress(OSError):
-                os.fchmod(stream.fileno(), self.chmod)  # type: ignore[arg-type]
         encoding = (stream.encoding or "utf-8").lower()
         self._ascii_ok = encoding in _ASCII_SUPERSETS
         return stream
@@ -266,18 +340,19 @@ class _Locked(UnlockedHandle):
                     finally:
                         self._writing.release()
                 self._pending.append(item)
-            if isinstance(record.levelno, int) and record.levelno >= logging.ERROR:
+            if self._sync or (isinstance(record.levelno, int) and record.levelno >= logging.ERROR):
                 self._flush_pending(block=True)
             elif not self._woken:
                 self._wake_flusher()
         except RecursionError:
             raise
         except Exception:
+            self.losses.lose(1, "error", episode=False)
             self.handleError(record)  # type: ignore[attr-defined]
 
     def _emit_per_record(self, record: logging.LogRecord) -> None:
         """The standard library's emit, with the file lock held: ``_before_emit()`` (the rotation
-        seams), then ``FileHandler.emit`` (``format()``, write, flush)."""
+        seams), then what ``FileHandler.emit`` does (``format()``, write whole, flush)."""
         try:
             with self.lock:
                 if self._pid != os.getpid():
@@ -289,10 +364,13 @@ class _Locked(UnlockedHandle):
                 with self._locked():
                     self._sync_stream()
                     self._before_emit(record)
-                    _FileHandler.emit(self, record)  # type: ignore[arg-type]
+                    # StreamHandler.emit's format and write, through _write_text: a full disk
+                    # leaves no fragment here either, and the loss is counted.
+                    self._write_text([self.format(record) + self.terminator])  # type: ignore[attr-defined]
         except RecursionError:
             raise
         except Exception:
+            self.losses.lose(1, "error", episode=False)
             self.handleError(record)  # type: ignore[attr-defined]
 
     def _before_emit(self, record: logging.LogRecord) -> None:
@@ -422,21 +500,20 @@ class _Locked(UnlockedHandle):
         self._write_text([text for text, _ in items])
 
     def _write_text(self, lines: list[str]) -> None:
-        stream = self.stream
-        try:
-            stream.write("".join(lines))
-        except UnicodeError:  # one line the encoding cannot take must not cost the others
-            for line in lines:
-                try:
-                    stream.write(line)
-                except UnicodeError:
-                    self.handleError(logging.makeLogRecord({"msg": line}))  # type: ignore[attr-defined]
-        stream.flush()
+        # Whole lines or none (see _disk): a disk that fills up mid-write leaves no fragment behind.
+        if self.stream is None:  # dropped after a failed write: reopen
+            self.stream = self._open()
+        self.stream = write_lines(self, self.stream, lines)  # type: ignore[arg-type]
 
     def _nbytes(self, text: str) -> int:
         if self._ascii_ok and text.isascii():
             return len(text)
-        return len(text.encode(self.stream.encoding, self.stream.errors or "strict"))
+        if self.stream is None:  # dropped after a failed write (see _disk): reopen
+            self.stream = self._open()
+        try:
+            return len(text.encode(self.stream.encoding, self.stream.errors or "strict"))
+        except UnicodeError:  # written (or counted lost) on its own later; its size is a guess here
+            return len(text.encode(self.stream.encoding, "replace"))
 
     def rotation_filename(self, default_name: str) -> str:
         name: str = _BaseRotatingHandler.rotation_filename(self, default_name)  # type: ignore[arg-type]
@@ -445,9 +522,47 @@ class _Locked(UnlockedHandle):
         return name
 
     def rotate(self, source: str, dest: str) -> None:
-        _BaseRotatingHandler.rotate(self, source, dest)  # type: ignore[arg-type]
         if self._compressor is not None and not callable(getattr(self, "rotator", None)):
-            self._compressor.submit(dest)
+            # The backup keeps its plain name until it is gzip (see _compress): a name ending in
+            # .gz never holds plain text, even when compressing fails (a full disk).
+            plain = dest[:-3] if dest.endswith(".gz") else dest
+            _BaseRotatingHandler.rotate(self, source, plain)  # type: ignore[arg-type]
+            self._compressor.submit(plain)
+            return
+        _BaseRotatingHandler.rotate(self, source, dest)  # type: ignore[arg-type]
+
+
+def _terminator(terminator: str | None, newline: str | None, cls: type) -> str | None:
+    """The terminator asked for, by the standard library's name or concurrent-log-handler's."""
+    if terminator is not None and newline is not None and terminator != newline:
+        raise ValueError(
+            f"{cls.__name__}() got terminator={terminator!r} and newline={newline!r}: "
+            "they are the same option, give one"
+        )
+    return terminator if terminator is not None else newline
+
+
+OPTIONS_DOC = """
+    Options beyond the standard library's, all keyword-only (the names concurrent-log-handler users
+    know are accepted too):
+
+    - *chmod*: the exact mode of every file the handler makes (log, backups, lock file), set as each
+      is created, so none is ever visible with a wider one.
+    - *umask*: instead of *chmod*, the mode ``0o666 & ~umask`` (the process's own umask is untouched).
+    - *owner*: ``(user, group)``, names or ids (None leaves one unchanged), given to the log, its
+      backups and the lock file with ``os.chown`` (needs the privilege to).
+    - *lock_file*: where the lock lives (by default ``.<name>.lock`` beside the log; none for a device
+      or a FIFO such as ``/dev/null``); a missing folder is made, and a lock file that cannot be opened
+      fails the constructor.
+    - *terminator* (or *newline*): what ends each line, as the standard library's ``terminator``
+      attribute, on every path.
+    - *unicode_error_policy*: ``'ignore'``, ``'replace'`` or ``'strict'``, the same as *errors*.
+
+    ``lines_lost`` counts the lines this process could not write, ``losses.by_reason`` by reason
+    (``disk_full``, ``write_error``, ``unencodable``, ``error``). Writes are of whole lines: after a
+    failed write (a full disk) the file is cut back to the last whole line; ``handleError`` is called
+    once per episode, and the first write that succeeds afterwards adds a WARNING with the count.
+"""
 
 
 def _is_special(path: str) -> bool:
@@ -519,23 +634,28 @@ class _LockedPlain(_Locked):
         *,
         chmod: int | None = None,
         lock_file: str | None = None,
+        umask: int | None = None,
+        owner: OwnerSpec | None = None,
+        terminator: str | None = None,
+        newline: str | None = None,
+        unicode_error_policy: str | None = None,
     ) -> None:
-        self.chmod = chmod
+        errors = self._options(chmod, umask, owner, errors, unicode_error_policy)
         super().__init__(filename, mode, encoding, delay, errors)  # type: ignore[call-arg]
-        self._locked_init(chmod, lock_file)
+        self._locked_init(chmod, lock_file, terminator=_terminator(terminator, newline, type(self)))
 
 
 class LockedFileHandler(_LockedPlain, _FileHandler):
-    """``logging.FileHandler``, safe when several processes append to the same file.
+    """``logging.FileHandler``, safe when several processes append to the same file."""
 
-    *chmod* sets the permissions of a file the handler creates; *lock_file* is where the lock lives
-    (by default ``.<name>.lock`` beside the log; none for a device or a FIFO such as ``/dev/null``).
-    """
+    __doc__ = (__doc__ or "") + "\n" + OPTIONS_DOC
 
 
 class LockedWatchedFileHandler(_LockedPlain, _WatchedFileHandler):
     """``logging.handlers.WatchedFileHandler`` for many processes: a file moved away (logrotate) is
     noticed under the lock before every write, and reopened."""
+
+    __doc__ = (__doc__ or "") + "\n" + OPTIONS_DOC
 
 
 class LockedRotatingFileHandler(_Locked, _RotatingFileHandler):
@@ -546,6 +666,8 @@ class LockedRotatingFileHandler(_Locked, _RotatingFileHandler):
     are gzipped in the background (``app.log.1.gz``). As in the standard library, no backup is
     made when *maxBytes* or *backupCount* is zero.
     """
+
+    __doc__ = (__doc__ or "") + OPTIONS_DOC
 
     _seams = _ROTATING_SEAMS
 
@@ -562,10 +684,15 @@ class LockedRotatingFileHandler(_Locked, _RotatingFileHandler):
         compress: bool = False,
         chmod: int | None = None,
         lock_file: str | None = None,
+        umask: int | None = None,
+        owner: OwnerSpec | None = None,
+        terminator: str | None = None,
+        newline: str | None = None,
+        unicode_error_policy: str | None = None,
     ) -> None:
-        self.chmod = chmod
+        errors = self._options(chmod, umask, owner, errors, unicode_error_policy)
         _RotatingFileHandler.__init__(self, filename, mode, maxBytes, backupCount, encoding, delay, errors)
-        self._locked_init(chmod, lock_file, compress)
+        self._locked_init(chmod, lock_file, compress, _terminator(terminator, newline, type(self)))
 
     def shouldRollover(self, record: logging.LogRecord) -> bool:
         """Whether *record* would take the file, as it is now in every process, to maxBytes.
@@ -632,17 +759,27 @@ class LockedRotatingFileHandler(_Locked, _RotatingFileHandler):
         def exists(path: str) -> bool:
             return path in present if os.path.dirname(path) in folders else os.path.exists(path)
 
+        def names(i: int) -> list[str]:
+            # With compress, a backup is plain until gzipped (see _compress): shift both forms.
+            named = self.rotation_filename(f"{self.baseFilename}.{i}")
+            return [named, named[:-3]] if self._compressor is not None and named.endswith(".gz") else [named]
+
         for i in range(self.backupCount - 1, 0, -1):
-            source = self.rotation_filename(f"{self.baseFilename}.{i}")
-            if exists(source):
-                dest = self.rotation_filename(f"{self.baseFilename}.{i + 1}")
-                if exists(dest):
-                    os.remove(dest)
-                os.rename(source, dest)
-                present.add(dest)
-                present.discard(source)
+            sources = names(i)
+            if any(exists(source) for source in sources):
+                dests = names(i + 1)
+                for dest in dests:
+                    if exists(dest):
+                        os.remove(dest)
+                        present.discard(dest)
+                for source, dest in zip(sources, dests):
+                    if exists(source):
+                        os.rename(source, dest)
+                        present.add(dest)
+                        present.discard(source)
+        for dest in names(1):
+            if os.path.exists(dest):
+                os.remove(dest)
         dest = self.rotation_filename(self.baseFilename + ".1")
-        if os.path.exists(dest):
-            os.remove(dest)
         self.rotate(self.baseFilename, dest)
         self.stream = self._open()

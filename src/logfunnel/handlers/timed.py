@@ -19,7 +19,8 @@ import time
 from typing import Any
 
 from ._compress import append_file, append_text
-from .files import _ROTATING_SEAMS, Item, _is_special, _Locked, _LockFile
+from ._perms import OwnerSpec
+from .files import _ROTATING_SEAMS, OPTIONS_DOC, Item, _is_special, _Locked, _LockFile, _terminator
 
 __all__ = ["LockedTimedRotatingFileHandler"]
 
@@ -33,7 +34,12 @@ class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
     interval rotates, for everyone, including processes that start later or slept across the
     boundary. A line goes to the file of the interval it was logged in. No backup is ever overwritten:
     if one exists already for an interval, the file is appended to it.
+
+    With *maxBytes*, the file is also rotated when a line would take it to that size, whichever comes
+    first: the backups of one interval are then numbered (``app.log.2026-01-31.1``, ``.2``, ...).
     """
+
+    __doc__ = (__doc__ or "") + OPTIONS_DOC
 
     _seams = (*_ROTATING_SEAMS, "computeRollover", "getFilesToDelete")
 
@@ -52,23 +58,35 @@ class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
         compress: bool = False,
         chmod: int | None = None,
         lock_file: str | None = None,
+        maxBytes: int = 0,
+        umask: int | None = None,
+        owner: OwnerSpec | None = None,
+        terminator: str | None = None,
+        newline: str | None = None,
+        unicode_error_policy: str | None = None,
     ) -> None:
-        self.chmod = chmod
+        errors = self._options(chmod, umask, owner, errors, unicode_error_policy)
+        self.maxBytes = maxBytes
         _TimedRotatingFileHandler.__init__(
             self, filename, when, interval, backupCount, encoding, delay, utc, atTime, errors
         )
-        self._locked_init(chmod, lock_file, compress)
+        self._locked_init(chmod, lock_file, compress, _terminator(terminator, newline, type(self)))
         folder, name = os.path.split(self.baseFilename)
         # The shared schedule belongs to this log, even where several logs share one lock file
         # (a device or a FIFO, never rotated, keeps it in memory).
         schedule = None if _is_special(self.baseFilename) else os.path.join(folder, f".{name}.schedule")
-        self._schedule = _LockFile(schedule, chmod)
+        self._schedule = _LockFile(schedule, self._perms)
 
     def shouldRollover(self, record: logging.LogRecord) -> bool:
         """The standard library's answer (the time now against the next rollover time; never for a
-        file that is not a regular one), with the next rollover time taken from the shared schedule."""
+        file that is not a regular one), with the next rollover time taken from the shared schedule;
+        with *maxBytes*, also True when *record* would take the file to that size."""
         with self._locked():
             self._adopt_schedule()
+            if self.maxBytes > 0 and os.path.isfile(self.baseFilename):  # size too, whichever first
+                size = self._sync_stream()
+                if size > 0 and size + self._nbytes(self.format(record) + self.terminator) >= self.maxBytes:
+                    return True
         return bool(_TimedRotatingFileHandler.shouldRollover(self, record))
 
     def doRollover(self) -> None:
@@ -82,23 +100,50 @@ class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
             self.doRollover()
 
     def getFilesToDelete(self) -> list[str]:
-        """The oldest backups beyond backupCount. With compression the names end in .gz, which the
-        standard library's matching does not accept on every version, so they are matched here."""
-        if not self.compress or callable(self.namer):
+        """The oldest backups beyond backupCount. With compression the names end in .gz, and with
+        *maxBytes* an interval's backups are numbered, which the standard library's matching does not
+        accept (on every version), so they are matched here."""
+        if (not self.compress and self.maxBytes <= 0) or callable(self.namer):
             return super().getFilesToDelete()
-        folder, name = os.path.split(self.baseFilename)
-        digits = {"%Y": r"\d{4}"}
-        stamp = re.sub(r"%[YmdHMS]", lambda m: digits.get(m.group(), r"\d{2}"), re.escape(self.suffix))
-        pattern = re.compile(re.escape(name + ".") + stamp + r"(\.gz)?")
-        backups = sorted(entry for entry in os.listdir(folder or ".") if pattern.fullmatch(entry))
+        folder = os.path.dirname(self.baseFilename)
+        pattern = re.compile(self._backup_pattern() + r"(?:\.gz)?")
+        found = [
+            (m.group(1), int(m.group(2) or 0), m.group())
+            for m in map(pattern.fullmatch, os.listdir(folder or "."))
+            if m
+        ]
+        backups = [entry for *_, entry in sorted(found)]  # by interval, then number (.2 before .10)
         if len(backups) <= self.backupCount:
             return []
         return [os.path.join(folder, entry) for entry in backups[: len(backups) - self.backupCount]]
+
+    def _backup_pattern(self) -> str:
+        """The names of this handler's plain backups: the suffix's stamp, and a number (maxBytes)."""
+        digits = {"%Y": r"\d{4}"}
+        stamp = re.sub(r"%[YmdHMS]", lambda m: digits.get(m.group(), r"\d{2}"), re.escape(self.suffix))
+        return re.escape(os.path.basename(self.baseFilename) + ".") + f"({stamp})" + r"(?:\.(\d+))?"
+
+    def _exists(self, dest: str) -> str | None:
+        """The backup at *dest*, compressed or (until it is) plain, if there is one."""
+        for path in (dest, dest[:-3]) if self.compress and dest.endswith(".gz") else (dest,):
+            if os.path.exists(path):
+                return path
+        return None
+
+    def _free_name(self, raw: str) -> str:
+        """With *maxBytes*: the backup name for *raw* if free, or else the first free numbered one."""
+        dest = self.rotation_filename(raw)
+        number = 0
+        while self._exists(dest) is not None:
+            number += 1
+            dest = self.rotation_filename(f"{raw}.{number}")
+        return dest
 
     def _write_items(self, items: list[Item], size: int) -> None:
         # Another process may have rotated since our last batch: take the schedule as it is now, or
         # a line from the interval it closed would land in the new file.
         self._adopt_schedule()
+        sized = self.maxBytes > 0 and self._regular
         chunk: list[str] = []
         for text, created in items:
             if created >= self.rolloverAt:
@@ -108,8 +153,18 @@ class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
                 self._adopt_schedule()
                 if created >= self.rolloverAt:
                     self._rollover(created)
+                    size = 0
             elif created < self.rolloverAt - self.interval and self._write_late(text, created):
                 continue
+            if sized:  # rotate on size too, whichever comes first (as RotatingFileHandler decides)
+                length = self._nbytes(text)
+                if size > 0 and size + length >= self.maxBytes:
+                    if chunk:
+                        self._write_text(chunk)
+                        chunk = []
+                    self._size_rollover()
+                    size = 0
+                size += length
             chunk.append(text)
         if chunk:
             self._write_text(chunk)
@@ -120,10 +175,16 @@ class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
         periods = math.ceil((self.rolloverAt - created) / self.interval)
         start = self.rolloverAt - periods * self.interval
         time_tuple = time.gmtime(start) if self.utc else time.localtime(start)
-        dest = self.rotation_filename(self.baseFilename + "." + time.strftime(self.suffix, time_tuple))
-        if not os.path.exists(dest):
+        dest = self._exists(
+            self.rotation_filename(self.baseFilename + "." + time.strftime(self.suffix, time_tuple))
+        )
+        if dest is None:
             return False
-        append_text(dest, text.encode(self.stream.encoding, self.stream.errors or "strict"))
+        try:
+            data = text.encode(self.stream.encoding, self.stream.errors or "strict")
+        except UnicodeError:
+            return False  # written, or counted lost, with the others
+        append_text(dest, data)
         return True
 
     def _adopt_schedule(self) -> None:
@@ -167,16 +228,10 @@ class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
             dst_then = time_tuple[-1]
             if dst_now != dst_then:
                 time_tuple = time.localtime(start + (3600 if dst_now else -3600))
-        dest = self.rotation_filename(self.baseFilename + "." + time.strftime(self.suffix, time_tuple))
-        if os.path.exists(self.baseFilename) and os.path.getsize(self.baseFilename) > 0:
-            if os.path.exists(dest):
-                append_file(self.baseFilename, dest)  # never overwrite a backup
-            else:
-                self.rotate(self.baseFilename, dest)
-        if self.backupCount > 0:
-            for old in self.getFilesToDelete():
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(old)
+        raw = self.baseFilename + "." + time.strftime(self.suffix, time_tuple)
+        # With maxBytes, an interval's backups are numbered; else one backup per interval, appended to.
+        dest = self._free_name(raw) if self.maxBytes > 0 else self.rotation_filename(raw)
+        self._move_to_backup(dest)
         self.stream = self._open()
         following = self.computeRollover(current)
         while following <= current:
@@ -187,3 +242,31 @@ class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
                 following += -3600 if not dst_at_rollover else 3600
         self.rolloverAt = following
         self._schedule.write_state(str(int(following)))
+
+    def _size_rollover(self) -> None:
+        # maxBytes reached within an interval: a numbered backup of the interval; the schedule stays.
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+        start = self.rolloverAt - self.interval
+        time_tuple = time.gmtime(start) if self.utc else time.localtime(start)
+        self._move_to_backup(
+            self._free_name(self.baseFilename + "." + time.strftime(self.suffix, time_tuple))
+        )
+        self.stream = self._open()
+
+    def _move_to_backup(self, dest: str) -> None:
+        """The file becomes the backup *dest* (or is appended to it: never overwrite a backup); the
+        oldest backups beyond backupCount go."""
+        if os.path.exists(self.baseFilename) and os.path.getsize(self.baseFilename) > 0:
+            existing = self._exists(dest)
+            if existing is not None:
+                append_file(self.baseFilename, existing)
+                if self._compressor is not None and not existing.endswith(".gz"):
+                    self._compressor.submit(existing)  # it grew: its identity is a new one
+            else:
+                self.rotate(self.baseFilename, dest)
+        if self.backupCount > 0:
+            for old in self.getFilesToDelete():
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(old)
