@@ -72,13 +72,14 @@ def flood_and_exit(handle, count, results) -> None:
 
 
 def errors_during_stall(handle, results) -> None:
-    """Stall the listener, fill the socket, then time five ERROR calls."""
-    logfunnel.install_worker_logging(handle, on_full="drop", capacity=1_000, block_timeout=3.0)
+    """Stall the listener, fill the socket (not the buffer: an ERROR call that finds the buffer full
+    is dropped at once), then time five ERROR calls."""
+    logfunnel.install_worker_logging(handle, on_full="drop", capacity=10_000, block_timeout=3.0)
     logging.getLogger("stall").warning("stall")
     logfunnel.flush_worker_logging(10)
     log = logging.getLogger("busy")
-    for i in range(20_000):
-        log.info("record %d with some padding to make it a realistic size ..........", i)
+    for i in range(3_000):
+        log.info("record %d %s", i, "x" * 1_000)  # 3 MB: more than the socket holds
     start = time.monotonic()
     for i in range(5):
         log.error("error %d", i)

@@ -150,6 +150,7 @@ def test_error_calls_during_stall_cost_one_timeout():
         os.kill(worker.pid, signal.SIGKILL)  # no need to wait for its exit flush
         worker.join(10)
         listener.stop(timeout=0)  # the handler still sleeps; the test does not wait for it
+    assert elapsed >= 2.5, "the first ERROR call should have waited for the stalled listener"
     assert elapsed < 4 * 3.0, f"5 ERROR calls took {elapsed:.1f} s: one timeout per call"
 
 
