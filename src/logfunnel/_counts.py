@@ -137,8 +137,14 @@ class CountFile:
             pass  # something still holds a view of it; the mapping goes with the process
 
 
-def make_folder(private_dir: str | None) -> str:
-    """Make the folder (mode 0700) where a listener's workers keep their count files."""
+def make_folder(address: str, private_dir: str | None) -> str:
+    """Make the folder (mode 0700) where a listener's workers keep their count files: in its private
+    folder, or in the private folder that holds its socket (a LogManager's), else a new one."""
+    if private_dir is None and address.startswith("unix:") and os.path.basename(address) == "listener.sock":
+        folder = os.path.dirname(address[len("unix:") :])
+        info = os.lstat(folder)
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o077:
+            private_dir = folder
     if private_dir is not None:
         path = os.path.join(private_dir, "counts")
         os.mkdir(path, 0o700)

@@ -295,6 +295,8 @@ class SocketServing:
             who = f"process {conn.process.pid}" if conn.process else "a peer"
             banner(f"closed the connection of {who}: {reason}")
         process = conn.process
+        if process is not None and any(other.process is process for other in connections.values()):
+            return  # it has another connection (an install-time handshake that timed out, then the sender's)
         if process is not None and process.state == "connected" and not shutting_down:
             if process.reconciled:  # a late handshake of a process already settled from its count file
                 process.state = process.ended

@@ -158,7 +158,7 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         if queue is None:
             self._server, self.address, self._private_dir = create_server(address)
             try:
-                self._counts_dir = _counts.make_folder(self._private_dir)
+                self._counts_dir = _counts.make_folder(self.address, self._private_dir)
             except OSError as exc:
                 banner(
                     f"cannot make a folder for the workers' count files ({exc}); a hard exit may go uncounted"
