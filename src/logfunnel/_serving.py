@@ -420,7 +420,11 @@ class SocketServing:
             process = self._processes.get(key)
             if process is not None and process.state == "connected":
                 continue  # alive, or its last bytes are still to be read
-            counts = _counts.read(folder, name)
+            try:
+                counts = _counts.read(folder, name)
+            except OSError as exc:  # says nothing about the file: read it again on the next pass
+                banner(f"could not read the count file {name}: {exc}")
+                continue
             if counts is None:  # not (yet) a finished count file of ours: nothing in it can be used
                 if not _counts.alive(pid, 0):
                     _counts.remove(folder, name)
