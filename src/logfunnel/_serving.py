@@ -431,8 +431,8 @@ class SocketServing:
                 continue
             if _counts.alive(pid, counts.start):
                 continue
-            _counts.remove(folder, name)
             self._settle(key, process, counts)
+            _counts.remove(folder, name)  # after: a file gone means its process is settled in stats()
 
     def _settle(self, key: tuple[int, bytes], process: _Process | None, counts: _counts.Counts) -> None:
         if process is None:
