@@ -39,7 +39,7 @@ def _entry(listener, pid):
 
 
 def _settled(listener, pid) -> bool:
-    """The listener has read (and removed) the count file of *pid*."""
+    """The listener has settled *pid* from its count file (it removes the file only after that)."""
     folder = listener.queue.counts
     return not any(name.startswith(f"{pid}-") for name in os.listdir(folder))
 
