@@ -41,9 +41,16 @@ def test_sigkilled_worker_does_not_hang_others(tmp_path):
             victim.join(10)
             assert wait_for(lambda: _state_of(listener, victim.pid) == "vanished")
         handler.close()
+        _strip_loss_report(path)
         seen = parse(path)
         assert_exactly_once(path, {"0": 3_000, "1": 3_000, "2": 3_000, "victim": len(seen["victim"])})
         assert seen["victim"] == list(range(len(seen["victim"]))) and seen["victim"]
+
+
+def _strip_loss_report(path):
+    # The listener's own WARNING about the victim's lost records (issue 8) is not a worker's line.
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if " MainProcess WARNING process " not in line), "utf-8")
 
 
 def _state_of(listener, pid):

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from . import _wire, worker
+from . import _counts, _wire, worker
 from ._handling import banner, flush_banners
 from ._transport import CHALLENGE_SIZE, DIGEST_SIZE, GREETING, HANDSHAKE_TIMEOUT, answer
 
@@ -33,6 +33,7 @@ __all__ = ["ProtocolError", "SocketServing"]
 _READ_SIZE = 1 << 20
 _HANDSHAKE_LIMIT = 64 * 1024
 _WARN_INTERVAL = 5.0
+_RECONCILE_INTERVAL = 0.5  # how often the count files of dead processes are looked for
 
 # Bounded cost per peer (DESIGN rule 11). Module constants, like HANDSHAKE_TIMEOUT, so that an
 # application (or a test) can change them before it starts a listener.
@@ -54,12 +55,18 @@ class _Process:
     """The accounting for one worker process (one pid, from one fork)."""
 
     __slots__ = (
-        "acked", "base", "dropped", "first_seen", "last_seen", "lost_at_base", "name", "next_seq", "pid",
-        "ppid", "received", "reported_lost", "stamped", "state", "warned_at", "warned_dropped",
+        "acked", "base", "checkpoint", "counts", "dropped", "ended", "first_seen", "key", "last_seen",
+        "lost_at_base", "name", "next_seq", "pid", "ppid", "received", "reconciled", "reported_lost",
+        "stamped", "state", "warned_at", "warned_dropped",
     )  # fmt: skip
 
-    def __init__(self, pid: int, name: str, ppid: int) -> None:
-        self.pid, self.name, self.ppid = pid, name, ppid
+    def __init__(self, pid: int, name: str, ppid: int, key: tuple[int, bytes] | None = None) -> None:
+        self.pid, self.name, self.ppid, self.key = pid, name, ppid, key
+        # Its count file's name (in the listener's folder), if its (pid, incarnation) can name one.
+        self.counts = None if key is None else _counts.file_name(*key)
+        self.checkpoint: tuple[int, int] | None = None  # (accepted, dropped) after a complete flush
+        self.reconciled = False  # its count file was read after it died: stamped and dropped are final
+        self.ended = "vanished"  # the state it ended in, once reconciled
         self.base = 0  # sequence numbers up to base went to an earlier listener (or connection)
         self.next_seq: int | None = None
         self.acked = 0
@@ -73,7 +80,7 @@ class _Process:
     def lost(self) -> int:
         # The worker knows what it sent that no listener acknowledged, and says so. What it never
         # got to say (it vanished) is what it had accepted past our base and we never received.
-        if self.state != "vanished":
+        if self.state != "vanished" and not self.reconciled:
             return self.reported_lost
         unheard = self.stamped - self.base - self.received - (self.reported_lost - self.lost_at_base)
         return self.reported_lost + max(0, unheard)
@@ -116,6 +123,11 @@ class SocketServing:
     _connections: dict[int, _Connection]
     _stats_lock: threading.Lock
     _rejected: int
+    _counts_dir: str | None
+    _finished: deque[_Process]
+    _folded: dict[str, int]
+    _reconciled_at: float
+    max_finished_processes: int
     _stopping: bool
     max_frame: int
     _welcome_plan: Callable[[], dict[str, Any]]
@@ -149,7 +161,9 @@ class SocketServing:
                     else:
                         self._read(key.data, selector, connections)
                 self._expire(selector, connections)
+                self._reconcile()
             self._drain(selector, connections)
+            self._reconcile(force=True)
         except Exception as exc:  # the listener must never die silently
             banner(f"the log listener failed: {exc!r}")
             raise
@@ -355,9 +369,19 @@ class SocketServing:
             who = f"process {conn.process.pid}" if conn.process else "a peer"
             banner(f"closed the connection of {who}: {reason}")
         process = conn.process
+        if process is not None and any(other.process is process for other in connections.values()):
+            return  # it has another connection (an install-time handshake that timed out, then the sender's)
         if process is not None and process.state == "connected" and not shutting_down:
+            if process.reconciled:  # a late handshake of a process already settled from its count file
+                process.state = process.ended
+                return
             process.state = "vanished"
+            if self._has_count_file(process):
+                return  # settled exactly from its count file once the process is gone (_reconcile)
+            if process.checkpoint == (process.stamped, process.dropped) and process.lost == 0:
+                process.state = "exited"  # it flushed everything, said so, and then left (os._exit)
             self._report_end(process)
+            self._finish(process)
 
     def _authenticate(self, conn: _Connection, payload: bytes) -> None:
         if len(payload) < DIGEST_SIZE + CHALLENGE_SIZE:
@@ -390,7 +414,7 @@ class SocketServing:
         with self._stats_lock:
             process = self._processes.get(key)
             if process is None:
-                process = self._processes[key] = _Process(pid, name, ppid)
+                process = self._processes[key] = _Process(pid, name, ppid, key)
         process.name = name
         process.state = "connected"
         conn.process = process
@@ -433,8 +457,91 @@ class SocketServing:
             process.state = "exited"
             process.last_seen = time.time()
             self._report_end(process)
+            if not self._has_count_file(process):
+                self._finish(process)
+        elif kind == _counts.CHECKPOINT and len(message) == 4 and all(type(n) is int for n in message[1:]):
+            # Sent by flush_worker_logging() once everything accepted so far was on the wire.
+            process.stamped = max(process.stamped, message[1])
+            process.dropped = max(process.dropped, message[2])
+            process.reported_lost = max(process.reported_lost, message[3])
+            process.checkpoint = (message[1], message[2])
+            process.last_seen = time.time()
         else:
             raise ProtocolError(f"unknown message {_wire.safe_repr(message)[:200]}")
+
+    # -- processes that are gone: count files, and a bounded table -------------------------------
+
+    def _has_count_file(self, process: _Process) -> bool:
+        folder = self._counts_dir
+        return bool(folder and process.counts and os.path.lexists(os.path.join(folder, process.counts)))
+
+    def _reconcile(self, force: bool = False) -> None:
+        """Settle the processes that are gone from their count files (DESIGN rule 10).
+
+        Only files in the listener's own folder are read, under names it parses itself, and only
+        once their process is gone and its connection (if any) has ended: everything it sent has
+        been read by then, so what it accepted and this listener never received is lost, exactly.
+        """
+        folder = self._counts_dir
+        if folder is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._reconciled_at < _RECONCILE_INTERVAL:
+            return
+        self._reconciled_at = now
+        for name, pid, incarnation in _counts.scan(folder):
+            key = (pid, incarnation)
+            process = self._processes.get(key)
+            if process is not None and process.state == "connected":
+                continue  # alive, or its last bytes are still to be read
+            try:
+                counts = _counts.read(folder, name)
+            except OSError as exc:  # says nothing about the file: read it again on the next pass
+                banner(f"could not read the count file {name}: {exc}")
+                continue
+            if counts is None:  # not (yet) a finished count file of ours: nothing in it can be used
+                if not _counts.alive(pid, 0):
+                    _counts.remove(folder, name)
+                continue
+            if _counts.alive(pid, counts.start):
+                continue
+            self._settle(key, process, counts)
+            _counts.remove(folder, name)  # after: a file gone means its process is settled in stats()
+
+    def _settle(self, key: tuple[int, bytes], process: _Process | None, counts: _counts.Counts) -> None:
+        if process is None:
+            if not (counts.accepted or counts.dropped):
+                return  # it made no record: nothing to account for
+            with self._stats_lock:  # a process this listener never heard from (killed early)
+                process = self._processes[key] = _Process(counts.pid, counts.name, counts.ppid, key)
+            process.state = "vanished"
+        before = (process.stamped, process.dropped)
+        process.stamped = max(process.stamped, counts.accepted)
+        process.dropped = max(process.dropped, counts.dropped)
+        process.reconciled = True
+        process.last_seen = time.time()
+        if process.state != "exited" or (process.stamped, process.dropped) != before:
+            flushed = process.checkpoint == (counts.accepted, counts.dropped)
+            process.state = "exited" if flushed and process.lost == 0 else "vanished"
+            self._report_end(process)
+        process.ended = process.state
+        self._finish(process)
+
+    def _finish(self, process: _Process) -> None:
+        """Keep *process* listed among the most recent finished ones; fold the oldest into totals."""
+        finished = self._finished
+        finished.append(process)
+        while len(finished) > self.max_finished_processes:
+            old = finished.popleft()
+            if old.state == "connected" or old.key is None or self._processes.get(old.key) is not old:
+                continue  # it came back (or was folded already): not finished after all
+            with self._stats_lock:
+                del self._processes[old.key]
+                folded = self._folded
+                folded["processes"] += 1
+                folded["received"] += old.received
+                folded["dropped"] += old.dropped
+                folded["lost"] += old.lost
 
     def _report_drops(self, process: _Process) -> None:
         new = process.dropped - process.warned_dropped

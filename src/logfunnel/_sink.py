@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _wire
+from . import _counts, _wire
 from ._handling import banner
 from ._transport import HANDSHAKE_TIMEOUT, QueueHandle, connect
 
@@ -30,6 +30,7 @@ __all__ = ["QueueSink", "SocketSink", "sinks"]
 _BATCH_BYTES = 4 * 1024 * 1024
 _RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
 _INSTALL_CONNECT_TIMEOUT = 2.0  # a listener busier than this at install is joined by the sender later
+_ACCEPTED, _DROPPED = _counts.ACCEPTED, _counts.DROPPED  # the hot path reads one global each
 
 
 class SocketSink:
@@ -78,10 +79,35 @@ class SocketSink:
         self._full = True
         self._incarnation = os.urandom(8)
         self._hooked = False
+        self._send_lock = threading.Lock()  # one writer at a time: the sender, or a checkpoint
+        self._counted = self._count_file()
+        # The counts the listener reads if this process dies hard: accepted and dropped records.
+        self._slots = (
+            self._counted.slots if self._counted is not None else memoryview(bytearray(64)).cast("Q")
+        )
+
+    def _count_file(self) -> _counts.CountFile | None:
+        # Made here, at install (or in a fork child, before its first record), so that a process
+        # killed before its first batch is still known to the listener (DESIGN rule 10).
+        folder = self.handle.counts
+        if folder is None:
+            return None
+        try:
+            name = multiprocessing.current_process().name
+            return _counts.CountFile(folder, self._pid, self._incarnation, name, os.getppid())
+        except Exception as exc:
+            banner(
+                f"cannot keep a count file in {folder} ({exc!r}); "
+                "a hard exit of this process may go uncounted"
+            )
+            return None
 
     def after_fork_in_child(self) -> None:
         sock = self._sock
+        inherited = self._counted
         self._reset()
+        if inherited is not None:
+            inherited.release()  # the parent's file: what this child accepts is not the parent's
         if sock is not None:
             try:  # close our copy of the parent's descriptor, or its listener never sees EOF
                 sock.close()
@@ -93,14 +119,21 @@ class SocketSink:
     def put(self, record: logging.LogRecord, wait: bool) -> None:
         # The hot path: no lock, one append. The sender publishes _idle before it re-checks the
         # buffer and sleeps, so a caller that sees it busy can rely on it to find the record.
+        # Counted before it is appended, so that the sender can never ship a record not yet counted:
+        # a kill between the two costs one record counted and lost, never one delivered uncounted.
+        # Under the GIL, `slots[i] += 1` has no call or backward jump in it, so no other thread runs
+        # between its read and its write.
         buffer = self._buffer
         if len(buffer) < self._capacity:
+            self._slots[_ACCEPTED] += 1
             buffer.append(record)
         else:
             with self._lock:
                 if len(buffer) >= self._capacity and not self._wait_for_space():
                     self._dropped += 1
+                    self._slots[_DROPPED] += 1
                     return
+                self._slots[_ACCEPTED] += 1
                 buffer.append(record)
         if self._idle or self._sender is None:
             with self._lock:
@@ -108,8 +141,11 @@ class SocketSink:
                     self._start_sender()
                 elif self._idle:
                     self._work.notify()
-        if wait and not self._stalled and not self._unreachable:
-            self.flush(self._block_timeout)  # with no listener to reach, waiting cannot help
+        # With no listener to reach, waiting cannot help. A stalled one costs one timeout, not one per
+        # ERROR record: later flushes wait again once the sender has made progress (it has taken
+        # another batch: _ship_some clears _stalled).
+        if wait and not self._stalled and not self._unreachable and not self.flush(self._block_timeout):
+            self._stalled = True
 
     @property
     def _stamped(self) -> int:
@@ -169,6 +205,27 @@ class SocketSink:
                     return False
                 self._progress.wait(remaining)
         return True
+
+    def checkpoint(self, timeout: float | None) -> bool:
+        """Tell the listener this process's totals (after a complete flush), so that a process that
+        leaves through ``os._exit`` right after is known to have lost nothing; False if it could not."""
+        if self._pid != os.getpid():
+            return True
+        with self._lock:  # before the send lock: _say_goodbye takes them in this order
+            totals = (_counts.CHECKPOINT, self._stamped, self._dropped, self._lost)
+        if not self._send_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            return False
+        try:
+            sock = self._sock
+            if sock is None:
+                return False
+            try:
+                sock.sendall(_wire.frame(_wire.encode(totals)))
+            except OSError:
+                return False
+            return True
+        finally:
+            self._send_lock.release()
 
     def close(self, timeout: float | None) -> None:
         """Ship what is buffered, tell the listener this process is done (with its totals), hang up.
@@ -246,10 +303,14 @@ class SocketSink:
             frames = self._encode([_placeholder(r, exc) for r in batch], first, stamped, dropped)
         self._read_acks()
         self._sent = first + len(batch) - 1
-        try:
-            self._sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
-        except OSError as exc:
-            self._hang_up(f"lost the connection to {self.handle.address} ({exc})")
+        failed = None
+        with self._send_lock:
+            try:
+                self._sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
+            except OSError as exc:
+                failed = exc
+        if failed is not None:
+            self._hang_up(f"lost the connection to {self.handle.address} ({failed})")
         with self._lock:
             self._handed += len(batch)
             self._progress.notify_all()
@@ -336,8 +397,9 @@ class SocketSink:
             return
         try:
             goodbye = (_wire.BYE, self._stamped, self._dropped, self._lost)
-            self._sock.sendall(_wire.frame(_wire.encode(goodbye)))
-            self._sock.close()
+            with self._send_lock:
+                self._sock.sendall(_wire.frame(_wire.encode(goodbye)))
+                self._sock.close()
         except OSError:
             pass
         self._sock = None

@@ -151,14 +151,20 @@ class QueueHandle:
     own connection.
     """
 
-    __slots__ = ("address", "authkey")
+    __slots__ = ("address", "authkey", "counts")
 
-    def __init__(self, address: str, authkey: bytes) -> None:
+    def __init__(self, address: str, authkey: bytes, counts: str | None = None) -> None:
         parse_address(address)
         if not isinstance(authkey, bytes) or not authkey:
             raise TypeError("authkey must be non-empty bytes")
+        if counts is not None and not isinstance(counts, str):
+            raise TypeError(f"counts must be a folder path or None, got {type(counts).__name__!r}")
         self.address = address
         self.authkey = authkey
+        # The folder (mode 0700, made by the listener) where each worker keeps its count file. A
+        # handle made from an address alone finds it beside a private socket; otherwise None, and
+        # its workers keep no count file.
+        self.counts = counts if counts is not None else _counts_beside(address)
 
     @classmethod
     def from_environment(cls) -> QueueHandle | None:
@@ -172,11 +178,12 @@ class QueueHandle:
         return cls(address, key)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (QueueHandle, (self.address, self.authkey))
+        return (QueueHandle, (self.address, self.authkey, self.counts))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, QueueHandle):
             return NotImplemented
+        # The address and the key name a listener; the count folder is only where its workers count.
         return self.address == other.address and hmac.compare_digest(self.authkey, other.authkey)
 
     def __hash__(self) -> int:
@@ -184,6 +191,21 @@ class QueueHandle:
 
     def __repr__(self) -> str:
         return f"QueueHandle({self.address!r})"  # the key stays out of logs
+
+
+def _counts_beside(address: str) -> str | None:
+    """The count folder of a listener whose socket is in a private folder (``create_server``):
+    ``counts`` next to ``listener.sock``, if it is a folder of this user that only this user can use."""
+    if not address.startswith("unix:") or os.path.basename(address) != "listener.sock":
+        return None
+    folder = os.path.join(os.path.dirname(address[len("unix:") :]), "counts")
+    try:
+        info = os.lstat(folder)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        return None
+    return folder
 
 
 def authkey_from_environment() -> bytes | None:

@@ -12,6 +12,7 @@ Given a ``multiprocessing`` queue instead, a ``LogListener`` reads it like ``Que
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import logging.handlers
 import os
@@ -24,7 +25,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from . import _wire, worker
+from . import _counts, _wire, worker
 from ._checks import check_address, check_handlers, check_level
 from ._handling import banner
 from ._serving import SocketServing, _Connection, _Process
@@ -46,13 +47,17 @@ EXIT_DRAIN_TIMEOUT = 5.0
 _running: weakref.WeakSet[LogListener] = weakref.WeakSet()
 
 
-def _release(server: socket.socket | None, private_dir: str | None, address: str | None, owner: int) -> None:
-    """Close a listener's server socket and remove its socket file and private folder (once)."""
+def _release(
+    server: socket.socket | None, private_dir: str | None, address: str | None, owner: int, counts: str | None
+) -> None:
+    """Close a listener's server socket and remove its socket file and private folders (once)."""
     if server is None:
         return
     server.close()
     if owner != os.getpid():
         return  # a fork child's copy: the files belong to the parent's listener
+    if counts:
+        shutil.rmtree(counts, ignore_errors=True)
     if private_dir:
         shutil.rmtree(private_dir, ignore_errors=True)
     elif address and address.startswith("unix:"):
@@ -124,6 +129,8 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
     """
 
     _sentinel = None  # what enqueue_sentinel() puts on a multiprocessing queue, as in QueueListener
+    #: How many finished processes ``stats()`` lists one by one; older ones are folded into its totals.
+    max_finished_processes = 1_000
 
     def __init__(
         self,
@@ -151,20 +158,30 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         self.queue: Any
         self._wake_r: socket.socket | None = None  # made at start: a listener never started holds none
         self._wake_w: socket.socket | None = None
+        self._counts_dir: str | None = None
         if queue is None:
             self._server, self.address, self._private_dir = create_server(address, allow_remote)
-            self.queue = QueueHandle(self.address, self._authkey)
+            try:
+                self._counts_dir = _counts.make_folder(self.address, self._private_dir)
+            except OSError as exc:
+                banner(
+                    f"cannot make a folder for the workers' count files ({exc}); a hard exit may go uncounted"
+                )
+            self.queue = QueueHandle(self.address, self._authkey, self._counts_dir)
         # Whatever happens to this object (never started, never stopped, start() failed), its socket
         # file and private folder go when it does, or at the latest when the interpreter exits.
         self._owner = os.getpid()
         self._cleanup = weakref.finalize(
-            self, _release, self._server, self._private_dir, self.address, self._owner
+            self, _release, self._server, self._private_dir, self.address, self._owner, self._counts_dir
         )
         self._state = "new"
         self._stopping = False
         self._processes: dict[tuple[int, bytes], _Process] = {}
         self._connections: dict[int, _Connection] = {}
         self._queue_processes: dict[int, _Process] = {}
+        self._finished: collections.deque[_Process] = collections.deque()
+        self._folded = {"processes": 0, "received": 0, "dropped": 0, "lost": 0}
+        self._reconciled_at = 0.0
         self._stats_lock = threading.Lock()
         self._rejected = 0
         self._saved_env: tuple[str | None, str | None] | None = None
@@ -256,17 +273,25 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
     def stats(self) -> dict[str, Any]:
         """Totals and per-process figures: received, dropped (full buffers), lost (never arrived).
 
-        Each process also has its ``state``: ``connected``, ``exited`` (said goodbye) or
-        ``vanished`` (its connection ended without a goodbye: killed, or crashed).
+        Each process also has its ``state``: ``connected``, ``exited`` (said goodbye, or flushed
+        everything before it left) or ``vanished`` (it ended without a goodbye: killed, or crashed).
+        A dead process's figures are exact once its count file has been read; the totals include
+        the finished processes no longer listed one by one (at most ``max_finished_processes``
+        are kept), whose number is ``folded_processes``. ``lines_lost`` counts the lines this
+        listener's handlers received but could not write (a full disk, an unencodable line), with
+        ``handler_failures`` by reason.
         """
         with self._stats_lock:
             processes = [p.as_dict() for p in [*self._processes.values(), *self._queue_processes.values()]]
+            folded = dict(self._folded)
         return {
-            "received": sum(p["received"] for p in processes),
-            "dropped": sum(p["dropped"] for p in processes),
-            "lost": sum(p["lost"] for p in processes),
+            "received": folded["received"] + sum(p["received"] for p in processes),
+            "dropped": folded["dropped"] + sum(p["dropped"] for p in processes),
+            "lost": folded["lost"] + sum(p["lost"] for p in processes),
             "rejected": self._rejected,
             "processes": processes,
+            "folded_processes": folded["processes"],
+            **self._handler_losses(),
         }
 
     def backlog_bytes(self) -> int:

@@ -402,13 +402,20 @@ def install_worker_logging(
 def flush_worker_logging(timeout: float | None = None) -> bool:
     """Wait until this process's buffered records are on their way; False if *timeout* ran out.
 
-    Call it before ``os._exit()``, which skips every exit hook.
+    Call it before ``os._exit()``, which skips every exit hook. After a complete flush the listener
+    is also told this process's totals, so that an ``os._exit()`` right after is reported as an
+    exit with nothing lost rather than as a process that vanished.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    for handler in _installed_handlers():
+    handlers = _installed_handlers()
+    for handler in handlers:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not handler._sink.flush(remaining):  # noqa: SLF001
             return False
+    for handler in handlers:  # the totals, so that an os._exit() now is reported as an exit
+        sink = handler._sink  # noqa: SLF001
+        if isinstance(sink, SocketSink):
+            sink.checkpoint(None if deadline is None else max(0.0, deadline - time.monotonic()))
     return True
 
 
