@@ -358,8 +358,8 @@ class SocketSink:
         lines = [self._render(renderer, batch) for renderer in self._renderers]
         for chunk in lines:  # a format can name an extra: its line is as long as the extra
             for index, line in enumerate(chunk):
-                if line is not None and len(line) > _wire.MAX_TEXT:
-                    chunk[index] = _cut_text(line)
+                if line is not None and len(line) > _LINE_LIMIT:
+                    chunk[index] = _cut_text(line, _LINE_LIMIT)
                     cut.add(index)
         levels = [_level(record.levelno) for record in batch]
         records = None
@@ -369,7 +369,12 @@ class SocketSink:
             for index, state in enumerate(records):
                 state["levelno"] = levels[index]
                 _plain_state(state, index, nested, cut)
-        self._truncated += len(cut)
+        if cut:
+            self._truncated += len(cut)
+            banner(
+                f"{len(cut)} log records held a text longer than {_wire.MAX_TEXT} characters, which exceeds "
+                "the frame limit; the text was truncated (counted in the listener's stats as 'truncated')"
+            )
         payload = self._pack(first, stamped, dropped, levels, lines, records, nested)
         limit = _wire.MAX_FRAME - _wire.HEADER.size
         if len(payload) <= limit and _nested_size(records, nested) <= _wire.MAX_NESTED:
@@ -540,6 +545,9 @@ def _cut_text(text: str, limit: int = _wire.MAX_TEXT) -> str:
 
 
 _CUT_ATTRIBUTES = ("message", "exc_text", "stack_info")
+#: Room for a line made of a few texts each already cut to ``MAX_TEXT``: only a line that names
+#: other long attributes is cut again.
+_LINE_LIMIT = 4 * _wire.MAX_TEXT
 
 
 def _cut_record(record: logging.LogRecord, index: int, cut: set[int]) -> None:
