@@ -156,7 +156,10 @@ def encode(obj: Any) -> bytes:
     try:
         return _ENCODER.encode(obj)
     except UnicodeEncodeError:  # a lone surrogate (surrogateescape'd bytes): carried exactly
-        return _ENCODER.encode(escape(obj))
+        try:
+            return _ENCODER.encode(escape(obj))
+        except UnicodeEncodeError:
+            raise ValueError("not a plain value: a dict key with a lone surrogate") from None
     except _NotWireSafe as exc:
         raise ValueError(f"not a plain value: {exc}") from None
     except OverflowError:
@@ -177,7 +180,7 @@ def escape(value: Any, depth: int = 0) -> Any:
     if kind in (list, tuple):
         return kind(escape(item, depth + 1) for item in value)
     if kind is dict:
-        return {escape(k, depth + 1): escape(v, depth + 1) for k, v in value.items()}
+        return {k: escape(v, depth + 1) for k, v in value.items()}  # keys stay str
     return value
 
 
