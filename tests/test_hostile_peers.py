@@ -301,9 +301,15 @@ ATTACKS: dict[str, tuple[Attack, str, str]] = {
 # Well-formed pickles of plain values that are not a valid message: the listener checks every field
 # before it uses any. The plan has one format (the FileHandler's), so a batch carries one list of lines.
 MALFORMED: dict[str, tuple[list[bytes], str]] = {
-    "empty-tuple": ([_wire.frame(_wire.encode(()))], r"expected a message array, got tuple"),
-    "not-a-container": ([_wire.frame(_wire.encode("BATCH"))], r"expected a message array, got str"),
-    "unknown-kind": ([_wire.frame(_wire.encode((99, "x")))], r"unknown message \(99, 'x'\)"),
+    "empty-tuple": (
+        [_wire.frame(_wire.encode(()))],
+        r"not a message: expected an array that starts with its kind",
+    ),
+    "not-a-container": (
+        [_wire.frame(_wire.encode("BATCH"))],
+        r"not a message: expected an array that starts with its kind",
+    ),
+    "unknown-kind": ([_wire.frame(_wire.encode((99, "x")))], r"unknown message kind 99"),
     "batch-too-short": (
         [_batch(1, 1, 0, 0, [20])],
         r"malformed batch: Expected `array` of at least length 8, got 6",

@@ -298,7 +298,8 @@ def connect(
         if not hmac.compare_digest(welcome[:DIGEST_SIZE], answer(handle.authkey, own_challenge)):
             raise AuthenticationError(f"the listener at {handle.address} did not prove it knows the auth key")
         plan = _wire.decode(welcome[DIGEST_SIZE:])
-        if type(plan) is dict and type(plan.get("formats")) is list:  # specs are tuples; arrays arrive as lists
+        # Arrays arrive as lists; a formatter spec is a tuple.
+        if type(plan) is dict and type(plan.get("formats")) is list:
             plan["formats"] = [tuple(spec) if type(spec) is list else spec for spec in plan["formats"]]
         sock.settimeout(None)
         return sock, plan

@@ -210,16 +210,18 @@ def decode(payload: bytes | memoryview) -> Any:
 
 
 def decode_message(payload: bytes | memoryview) -> Any:
-    """Decode a message from a worker: a ``Batch`` or ``Bye`` checked against its schema while it is
-    read, any other kind as ``decode`` does. Raise ``FrameError`` on anything odd.
+    """Decode a message from a worker: a ``Batch`` or ``Bye``, checked against its schema while it is
+    read. Raise ``FrameError`` on anything odd, and for any other kind before reading it.
 
     Time is linear in the payload; memory within a small factor of it (a container can only be where
     the schema allows one, each one bounded in length; containers in records are JSON text of at most
     ``MAX_NESTED`` bytes a batch, decoded only after that is checked).
     """
     kind = _kind(payload)
-    if kind not in (BATCH, BYE):
-        return decode(payload)
+    if kind is None:
+        raise FrameError("not a message: expected an array that starts with its kind")
+    if kind not in (BATCH, BYE):  # refused unread: a new kind gets a schema (a tagged Struct) here
+        raise FrameError(f"unknown message kind {kind}")
     try:
         message = _MESSAGE_DECODER.decode(payload)
     except msgspec.ValidationError as exc:
