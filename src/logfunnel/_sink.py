@@ -586,9 +586,7 @@ def _plain_state(
             if strict and kind is int and not -(2**63) <= value < 2**64:
                 state[key] = _wire.safe_repr(value)
             continue
-        if kind is _wire.Ext:
-            if strict:
-                state[key] = bytes(value.data).decode("utf-8", "replace")
+        if kind is _wire.Ext:  # a nested value made on the first pass
             continue
         if kind in _CONTAINER_TYPES and nested is not None and not strict:
             text = _json(value)
