@@ -588,8 +588,8 @@ def _plain_state(
             continue
         if kind is _wire.Ext:  # a nested value made on the first pass
             continue
-        if kind in _CONTAINER_TYPES and nested is not None and not strict:
-            text = _json(value)
+        if kind in _CONTAINER_TYPES and nested is not None and not strict and _wire.wire_safe(value):
+            text = _json(value)  # plain and at most _MAX_DEPTH deep: the same on every Python
             if text is not None and len(text) <= _wire.MAX_NESTED_VALUE:
                 state[key] = _wire.Ext(_wire.NESTED, text.encode("ascii"))
                 nested.append((index, key))
