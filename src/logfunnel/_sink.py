@@ -551,16 +551,12 @@ _LINE_LIMIT = 4 * _wire.MAX_TEXT
 
 
 def _cut_record(record: logging.LogRecord, index: int, cut: set[int]) -> None:
-    """Cut, in place and before any line is rendered, the long texts a record carries: its message,
-    exception and stack texts, and string extras."""
+    """Cut, in place and before any line is rendered, a record's long message, exception and stack
+    texts. (Long extras are cut where they show: in a rendered line, and in ``_plain_state``; looking
+    for them in every record here would cost the hot path a set difference each.)"""
     state = record.__dict__
     for key in _CUT_ATTRIBUTES:
         value = state.get(key)
-        if type(value) is str and len(value) > _wire.MAX_TEXT:
-            state[key] = _cut_text(value)
-            cut.add(index)
-    for key in state.keys() - _STANDARD:
-        value = state[key]
         if type(value) is str and len(value) > _wire.MAX_TEXT:
             state[key] = _cut_text(value)
             cut.add(index)
@@ -582,6 +578,12 @@ def _plain_state(
     its repr; with *strict*, ints outside 64 bits and nested values too."""
     for key, value in state.items():
         kind = type(value)
+        if kind is str:
+            if len(value) > _wire.MAX_TEXT:
+                state[key] = _cut_text(value)
+                if cut is not None:
+                    cut.add(index)
+            continue
         if kind in _PLAIN:
             if strict and kind is int and not -(2**63) <= value < 2**64:
                 state[key] = _wire.safe_repr(value)
@@ -622,10 +624,6 @@ def _state(record: logging.LogRecord) -> dict[str, Any]:
     state["args"] = None
     state["exc_info"] = None
     return state
-
-
-#: The attributes every LogRecord has; the others are extras.
-_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
 def _take(buffer: collections.deque[logging.LogRecord]) -> list[logging.LogRecord]:
