@@ -296,7 +296,8 @@ def safe_repr(value: object) -> str:
 
 
 def wire_safe(value: object, depth: int = 0) -> bool:
-    """Whether *value* is made only of plain values that the listener's unpickler accepts."""
+    """Whether *value* is made only of plain values, at most 32 deep (what a worker sends as it is, as
+    nested JSON or through a multiprocessing queue's pickle)."""
     kind = type(value)
     if kind in _SCALARS:
         return True
