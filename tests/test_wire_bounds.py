@@ -276,3 +276,38 @@ def test_huge_extra_is_truncated_once_and_neighbours_arrive(tmp_path: Path) -> N
     ]
     [worker] = stats["processes"]
     assert (worker["received"], worker["lost"], worker["truncated"]) == (3, 0, 1)
+
+
+class _Show(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.getMessage()} {getattr(record, 'pair', None)!r} {getattr(record, 'big', None)!r}"
+
+
+def _log_awkward(handle: _transport.QueueHandle) -> None:
+    logfunnel.install_worker_logging(handle)
+    log = logging.getLogger("awkward")
+    log.warning("caf\udcff %s", "x", extra={"pair": ("a\udcff", 2**70), "big": 2**70})
+    log.warning("after")
+    logfunnel.uninstall_worker_logging()
+
+
+def test_lone_surrogates_and_huge_ints_in_one_record_still_arrive(tmp_path: Path) -> None:
+    """A lone surrogate arrives exactly; an int beyond 64 bits as its repr; nothing is a placeholder."""
+    lines_path, records_path = tmp_path / "lines.log", tmp_path / "records.log"
+    lines = logging.FileHandler(lines_path, encoding="utf-8", errors="surrogateescape")
+    lines.setFormatter(logging.Formatter("%(message)s"))
+    records = logging.FileHandler(records_path, encoding="utf-8", errors="backslashreplace")
+    records.setFormatter(_Show())
+    with logfunnel.start_listener(handlers=[lines, records]) as listener:
+        process = FORK.Process(target=_log_awkward, args=(listener.queue,))
+        process.start()
+        process.join(20)
+        assert process.exitcode == 0
+    lines.close()
+    records.close()
+    assert lines_path.read_bytes() == b"caf\xff x\nafter\n"
+    assert records_path.read_text(encoding="utf-8").splitlines() == [
+        f"caf\\udcff x ['a\\udcff', {2**70}] '{2**70}'",
+        "after None None",
+    ]
+    assert listener.stats()["lost"] == 0

@@ -415,22 +415,29 @@ class SocketSink:
         records: list[dict[str, Any]] | None,
         nested: list[tuple[int, str]],
     ) -> bytes:
-        message: tuple[Any, ...] = (
-            _wire.BATCH, first, stamped, dropped, self._lost, levels, lines, records, self._truncated, nested
-        )  # fmt: skip
-        try:
-            return _wire.pack(message)
-        except UnicodeEncodeError:  # lone surrogates (surrogateescape'd bytes): carried exactly
-            lines = [[_escape_str(line) for line in chunk] for chunk in lines]
-            for state in records or ():
-                for key, value in state.items():
-                    if type(value) is str:
-                        state[key] = _escape_str(value)
-            return _wire.pack((*message[:6], lines, records, self._truncated, nested, True))
-        except (OverflowError, TypeError):  # an int outside 64 bits, a subclass of str...: its repr
-            for state in records or ():
-                _plain_state(state, -1, None, None, strict=True)
-            return _wire.pack(message)
+        escaped = plain = False
+        while True:
+            message = (
+                _wire.BATCH, first, stamped, dropped, self._lost, levels, lines, records,
+                self._truncated, nested, escaped,
+            )  # fmt: skip
+            try:
+                return _wire.pack(message)
+            except UnicodeEncodeError:  # lone surrogates (surrogateescape'd bytes): carried exactly
+                if escaped:
+                    raise
+                escaped = True
+                lines = [[_escape_str(line) for line in chunk] for chunk in lines]
+                for state in records or ():
+                    for key, value in state.items():
+                        if type(value) is str:
+                            state[key] = _escape_str(value)
+            except (OverflowError, TypeError):  # an int outside 64 bits, a subclass of str...: its repr
+                if plain:
+                    raise
+                plain = True
+                for state in records or ():
+                    _plain_state(state, -1, None, None, strict=True)
 
     def _part(
         self,
