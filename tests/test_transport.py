@@ -560,9 +560,7 @@ def test_connect_refuses_a_listener_whose_plan_names_a_global(
         _wait_for_eof(conn)
 
     fake = fake_listener(serve)
-    with pytest.raises(
-        _wire.FrameError, match=r"^undecodable frame \(UnpicklingError: refused global posix\.system"
-    ):
+    with pytest.raises(_wire.FrameError, match=r"^undecodable frame \(DecodeError: "):
         connect(QueueHandle(fake.address, KEY), HELLO)
     assert not marker.exists()
 

@@ -1,12 +1,12 @@
-"""Unit tests for ``logfunnel._wire``: plain-value pickles, the restricted unpickler, formatter specs
-and the worker-side ``Renderer`` that must reproduce ``logging.Formatter`` byte for byte."""
+"""Unit tests for ``logfunnel._wire``: plain values as MessagePack, the decoder that refuses pickles and
+anything but plain values, formatter specs and the worker-side ``Renderer`` that must reproduce
+``logging.Formatter`` byte for byte."""
 
 from __future__ import annotations
 
 import builtins
 import contextlib
 import datetime
-import decimal
 import enum
 import logging
 import os
@@ -36,7 +36,7 @@ _awkward_text = st.text(
 _scalars = (
     st.none()
     | st.booleans()
-    | st.integers()  # unbounded: big ints too
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)  # what MessagePack holds
     | st.floats(allow_nan=False)
     | _awkward_text
     | st.binary(max_size=20)
@@ -49,9 +49,9 @@ plain_values = st.recursive(
     lambda inner: (
         st.lists(inner, max_size=4)
         | st.lists(inner, max_size=4).map(tuple)
-        | st.dictionaries(_hashable, inner, max_size=4)
-        | st.frozensets(_hashable, max_size=4)
-        | st.sets(_hashable, max_size=4)
+        | st.dictionaries(
+            st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=8), inner, max_size=4
+        )
     ),
     max_leaves=20,
 )
@@ -88,6 +88,16 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def _arrived(value: Any, top: bool = True) -> Any:
+    """What *value* decodes as: arrays as lists, the top-level one as a tuple (a message)."""
+    if isinstance(value, (list, tuple)):
+        items = [_arrived(item, False) for item in value]
+        return tuple(items) if top else items
+    if isinstance(value, dict):
+        return {k: _arrived(v, False) for k, v in value.items()}
+    return value
+
+
 def _nested(depth: int) -> list[Any]:
     value: list[Any] = []
     for _ in range(depth):
@@ -101,8 +111,9 @@ def _nested(depth: int) -> list[Any]:
 @settings(max_examples=200, deadline=None)
 @given(plain_values)
 def test_plain_values_round_trip_unchanged(value: Any) -> None:
-    """encode then decode gives back an equal value of the same shape (tuples stay tuples)."""
-    assert _same(decode(encode(value)), value)
+    """encode then decode gives back an equal value of the same shape (arrays as lists, a top-level
+    array as a tuple)."""
+    assert _same(decode(encode(value)), _arrived(value))
 
 
 @settings(max_examples=100, deadline=None)
@@ -118,8 +129,8 @@ def test_wire_safe_accepts_every_plain_value(value: Any) -> None:
         "\udcff",
         "caf\u00e9 \U0001f600 \U0010ffff",
         b"\x00\xff" * 1000,
-        2**200,
-        -(2**200),
+        2**64 - 1,
+        -(2**63),
         float("inf"),
         -0.0,
         {"levels": [10, 20], "lines": [["a\nb", None]], "nested": ({"x": (1, 2.5)},)},
@@ -128,45 +139,48 @@ def test_wire_safe_accepts_every_plain_value(value: Any) -> None:
         "lone-surrogate",
         "non-bmp",
         "binary",
-        "big-int",
-        "big-negative-int",
+        "largest-int",
+        "smallest-int",
         "inf",
         "negative-zero",
         "batch-like",
     ],
 )
 def test_awkward_plain_values_round_trip(value: Any) -> None:
-    """Values that break naive codecs (lone surrogates, big ints, -0.0) survive the wire exactly."""
-    assert _same(decode(encode(value)), value)
+    """Values that break naive codecs (lone surrogates, 64-bit ints, -0.0) survive the wire exactly."""
+    assert _same(decode(encode(value)), _arrived(value))
+
+
+@pytest.mark.parametrize(
+    "value", [2**64, -(2**63) - 1, 10**5000, [1, 2**200]], ids=["2**64", "below-int64", "10**5000", "nested"]
+)
+def test_encode_refuses_an_int_outside_64_bits(value: Any) -> None:
+    """An int MessagePack cannot hold is refused by encode (workers send its repr instead)."""
+    with pytest.raises(ValueError, match=r"^not a plain value: an int outside the 64-bit range$"):
+        encode(value)
 
 
 @pytest.mark.parametrize(
     ("value", "name"),
     [
-        (datetime.datetime(2024, 1, 1), "datetime"),
         (Custom(), "Custom"),
         ([1, {"k": Custom()}], "Custom"),
         ({Custom(): 1}.keys(), "dict_keys"),
-        (decimal.Decimal("1.5"), "Decimal"),
-        (Color.RED, "Color"),
         (Name("x"), "Name"),
         (len, "builtin_function_or_method"),
         (Custom, "type"),
     ],
     ids=[
-        "datetime",
         "custom-object",
         "nested-custom-object",
         "dict-keys",
-        "decimal",
-        "int-enum",
         "str-subclass",
         "builtin-function",
         "class",
     ],
 )
-def test_encode_refuses_values_the_listener_could_not_unpickle(value: Any, name: str) -> None:
-    """encode raises ValueError naming the type, rather than emitting a pickle that names a global."""
+def test_encode_refuses_values_that_are_not_plain(value: Any, name: str) -> None:
+    """encode raises ValueError naming the type of anything that is not a plain value."""
     with pytest.raises(ValueError, match=rf"^not a plain value: {name}$"):
         encode(value)
 
@@ -201,8 +215,10 @@ def test_decode_refuses_a_pickle_that_names_a_global_without_running_it(tmp_path
     """A pickle naming os.system/exec/eval raises FrameError and the call never happens."""
     marker = tmp_path / "pwned"
     payload = _crafted_pickles(str(marker))[kind]
-    with pytest.raises(FrameError, match=r"^undecodable frame \(UnpicklingError: refused global \w+\.\w+: "):
+    with pytest.raises(FrameError, match=r"^undecodable frame \(DecodeError: "):
         decode(payload)
+    with pytest.raises(FrameError, match=r"^not a message: expected an array that starts with its kind$"):
+        _wire.decode_message(payload)
     assert not marker.exists()
 
 
@@ -311,7 +327,7 @@ def test_record_state_replaces_only_what_cannot_cross_the_wire() -> None:
         "bad": "<unrepresentable BadRepr object: RuntimeError>",
     }
     assert state["payload"] is plain["payload"]
-    assert decode(encode(state)) == state
+    assert decode(encode(state)) == _arrived(state)
 
 
 # -- formatter_spec ---------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from typing import NamedTuple
 
 __all__ = [
     "ACCEPTED",
-    "CHECKPOINT",
     "DROPPED",
     "CountFile",
     "Counts",
@@ -38,9 +37,6 @@ __all__ = [
     "scan",
 ]
 
-#: The kind of the message ``(CHECKPOINT, stamped, dropped, lost)`` that ``flush_worker_logging``
-#: sends once everything accepted so far is on the wire (apart from _wire's BATCH, BYE and ACK).
-CHECKPOINT = 67
 MAGIC = 0x6C6F6766756E0001  # "logfun" and the layout version
 SIZE = 4096
 ACCEPTED, DROPPED = 4, 5

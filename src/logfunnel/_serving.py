@@ -57,7 +57,7 @@ class _Process:
     __slots__ = (
         "acked", "base", "checkpoint", "counts", "dropped", "ended", "first_seen", "key", "last_seen",
         "lost_at_base", "name", "next_seq", "pid", "ppid", "received", "reconciled", "reported_lost",
-        "stamped", "state", "warned_at", "warned_dropped",
+        "stamped", "state", "truncated", "warned_at", "warned_dropped",
     )  # fmt: skip
 
     def __init__(self, pid: int, name: str, ppid: int, key: tuple[int, bytes] | None = None) -> None:
@@ -72,6 +72,7 @@ class _Process:
         self.acked = 0
         self.received = self.stamped = self.dropped = self.warned_dropped = 0
         self.reported_lost = self.lost_at_base = 0
+        self.truncated = 0  # records the worker cut down to fit a frame (issue 8)
         self.state = "connected"
         self.first_seen = self.last_seen = time.time()
         self.warned_at = 0.0
@@ -94,6 +95,7 @@ class _Process:
             "received": self.received,
             "dropped": self.dropped,
             "lost": self.lost,
+            "truncated": self.truncated,
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
         }
@@ -396,6 +398,9 @@ class SocketServing:
             and type(hello[1]) is str
             and type(hello[2]) is bytes
             and type(hello[3]) is int
+            and 0 <= hello[0] < 2**63
+            and 0 <= hello[3] < 2**63
+            and len(hello[1]) <= 4096
         ):
             raise ProtocolError(f"malformed hello {_wire.safe_repr(hello)[:200]}")
         pid, name, incarnation, ppid = hello
@@ -420,29 +425,28 @@ class SocketServing:
         conn.process = process
 
     def _on_message(self, process: _Process, payload: bytes) -> None:
-        message = _wire.decode(payload)
-        if type(message) is not tuple or not message:
-            raise ProtocolError(f"expected a message tuple, got {type(message).__name__}")
-        kind = message[0]
-        if kind == _wire.BATCH and len(message) == 8:
-            _, first, stamped, dropped, lost, levels, lines, records = message
-            formats = len(self._plan["formats"])
-            count = _check_batch(first, stamped, dropped, lost, levels, lines, records, formats)
+        # Decoding checks every field against the schema as it reads (linear time, bounded memory).
+        message = _wire.decode_message(payload)
+        if type(message) is _wire.Batch:
+            levels, lines, records = message.levels, message.lines, message.records
+            count = _check_batch(levels, lines, records, len(self._plan["formats"]))
+            first = message.first
             if process.next_seq is None:
                 process.base = first - 1
-                process.lost_at_base = lost
+                process.lost_at_base = message.lost
             elif first < process.next_seq:
                 raise ProtocolError(f"sequence number {first} went back (expected {process.next_seq})")
             # A jump forward skips a batch sent on a connection that broke; the worker reports it lost.
             process.next_seq = first + count
             process.received += count
-            process.stamped = max(process.stamped, stamped)
-            process.dropped = max(process.dropped, dropped)
-            process.reported_lost = max(process.reported_lost, lost)
+            process.stamped = max(process.stamped, message.stamped)
+            process.dropped = max(process.dropped, message.dropped)
+            process.reported_lost = max(process.reported_lost, message.lost)
+            process.truncated = max(process.truncated, message.truncated)
             process.last_seen = time.time()
             if count:
                 try:
-                    self._dispatch(levels, lines, records)
+                    self._dispatch(levels, lines, records)  # type: ignore[arg-type]
                 except Exception as exc:  # a failing handler must not take the listener down
                     banner(f"handling a batch of {count} records failed: {exc!r}")
             if (
@@ -450,23 +454,24 @@ class SocketServing:
                 and time.monotonic() - process.warned_at > _WARN_INTERVAL
             ):
                 self._report_drops(process)
-        elif kind == _wire.BYE and len(message) == 4 and all(type(n) is int for n in message[1:]):
-            process.stamped = max(process.stamped, message[1])
-            process.dropped = max(process.dropped, message[2])
-            process.reported_lost = max(process.reported_lost, message[3])
+        elif type(message) is _wire.Bye:
+            process.stamped = max(process.stamped, message.stamped)
+            process.dropped = max(process.dropped, message.dropped)
+            process.reported_lost = max(process.reported_lost, message.lost)
+            process.truncated = max(process.truncated, message.truncated)
             process.state = "exited"
             process.last_seen = time.time()
             self._report_end(process)
             if not self._has_count_file(process):
                 self._finish(process)
-        elif kind == _counts.CHECKPOINT and len(message) == 4 and all(type(n) is int for n in message[1:]):
+        elif type(message) is _wire.Checkpoint:
             # Sent by flush_worker_logging() once everything accepted so far was on the wire.
-            process.stamped = max(process.stamped, message[1])
-            process.dropped = max(process.dropped, message[2])
-            process.reported_lost = max(process.reported_lost, message[3])
-            process.checkpoint = (message[1], message[2])
+            process.stamped = max(process.stamped, message.stamped)
+            process.dropped = max(process.dropped, message.dropped)
+            process.reported_lost = max(process.reported_lost, message.lost)
+            process.checkpoint = (message.stamped, message.dropped)
             process.last_seen = time.time()
-        else:
+        else:  # decode_message refuses every other kind
             raise ProtocolError(f"unknown message {_wire.safe_repr(message)[:200]}")
 
     # -- processes that are gone: count files, and a bounded table -------------------------------
@@ -566,28 +571,46 @@ class SocketServing:
             )  # fmt: skip
 
 
+#: Record attributes that handlers and formatters use as numbers or text, with the types they must
+#: have when present; levelno and name must be present.
+_RECORD_TYPES: tuple[tuple[str, tuple[type, ...]], ...] = (
+    ("msg", (str,)),
+    ("levelname", (str,)),
+    ("created", (float,)),
+    ("msecs", (float,)),
+    ("relativeCreated", (float,)),
+    ("lineno", (int,)),
+    ("process", (int, type(None))),
+    ("thread", (int, type(None))),
+    ("exc_text", (str, type(None))),
+    ("stack_info", (str, type(None))),
+)
+_ABSENT = object()
+
+
 def _check_batch(
-    first: Any, stamped: Any, dropped: Any, lost: Any, levels: Any, lines: Any, records: Any, formats: int
+    levels: list[int], lines: list[list[Any]], records: list[dict[str, Any]] | None, formats: int
 ) -> int:
-    """Check a batch's shape before anything in it is used; return its record count."""
-    if not (type(first) is int and first >= 1 and all(type(n) is int for n in (stamped, dropped, lost))):
-        raise ProtocolError("malformed batch header")
-    if type(levels) is not list or not all(type(level) is int for level in levels):
-        raise ProtocolError("malformed batch: levels must be a list of int")
+    """Check what the schema cannot: that the lists match each other and the plan, and the types of
+    the record attributes that are used as numbers; return the batch's record count."""
     count = len(levels)
-    if type(lines) is not list or len(lines) != formats:
+    if len(lines) != formats:
         raise ProtocolError(f"malformed batch: expected {formats} lists of lines")
     for chunk in lines:
-        if type(chunk) is not list or len(chunk) != count:
+        if len(chunk) != count:
             raise ProtocolError("malformed batch: a list of lines does not match the levels")
     if records is not None:
-        if type(records) is not list or len(records) != count:
+        if len(records) != count:
             raise ProtocolError("malformed batch: records do not match the levels")
         for state in records:
-            if (
-                type(state) is not dict
-                or type(state.get("levelno")) is not int
-                or type(state.get("name")) is not str
-            ):
+            level = state.get("levelno")
+            if type(level) is not int or not 0 <= level < 2**31 or type(state.get("name")) is not str:
                 raise ProtocolError("malformed batch: a record is not an attribute dict")
+            for key, kinds in _RECORD_TYPES:
+                value = state.get(key, _ABSENT)
+                if value is not _ABSENT and type(value) not in kinds:
+                    raise ProtocolError(
+                        f"malformed batch: record attribute {key} is {type(value).__name__}, "
+                        f"expected {' or '.join(kind.__name__ for kind in kinds)}"
+                    )
     return count

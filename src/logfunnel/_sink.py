@@ -9,6 +9,7 @@ connection, and reads the listener's acknowledgements. Everything here is rebuil
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import multiprocessing
 import os
@@ -66,6 +67,7 @@ class SocketSink:
         self._handed = 0  # records the sender has finished with (shipped, or failed to)
         self._dropped = 0  # records refused because the buffer was full
         self._lost = 0  # records known never to have reached a listener
+        self._truncated = 0  # records cut down to fit a frame (issue 8)
         self._sent = 0  # the last sequence number handed to the current connection
         self._acked = 0  # the last one the current connection's listener has handled
         self._acks = bytearray()
@@ -212,7 +214,7 @@ class SocketSink:
         if self._pid != os.getpid():
             return True
         with self._lock:  # before the send lock: _say_goodbye takes them in this order
-            totals = (_counts.CHECKPOINT, self._stamped, self._dropped, self._lost)
+            totals = (_wire.CHECKPOINT, self._stamped, self._dropped, self._lost)
         if not self._send_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             return False
         try:
@@ -396,7 +398,7 @@ class SocketSink:
         if self._sock is None:
             return
         try:
-            goodbye = (_wire.BYE, self._stamped, self._dropped, self._lost)
+            goodbye = (_wire.BYE, self._stamped, self._dropped, self._lost, self._truncated)
             with self._send_lock:
                 self._sock.sendall(_wire.frame(_wire.encode(goodbye)))
                 self._sock.close()
@@ -405,32 +407,169 @@ class SocketSink:
         self._sock = None
 
     def _encode(self, batch: list[logging.LogRecord], first: int, stamped: int, dropped: int) -> list[bytes]:
+        """Encode *batch* as frames of at most ``MAX_FRAME`` bytes.
+
+        Bounded work whatever a record holds (issue 8: a 70 MB extra recursed until the OOM killer
+        came): each string longer than ``MAX_TEXT`` is cut once, with a marker, and its record counted
+        in ``truncated``; the batch is encoded once, and only if it is too large for one frame each
+        record once more, to group them; a record too large alone is cut down further, once.
+        """
+        cut: set[int] = set()
+        for index, record in enumerate(batch):
+            _cut_record(record, index, cut)
         lines = [self._render(renderer, batch) for renderer in self._renderers]
-        records = [_state(record) for record in batch] if self._full else None
-        levels = [record.levelno for record in batch]
-        message = (_wire.BATCH, first, stamped, dropped, self._lost, levels, lines, records)
-        try:
-            payload = _wire.encode(message)
-        except Exception:  # a value that is not plain (or nested too deep): send its repr instead
-            levels[:] = [_level(level) for level in levels]
-            for state in records or ():
-                state["levelno"] = _level(state.get("levelno"))
-                _wire.record_state(state)
-            payload = _wire.encode(message)
-        if len(payload) + _wire.HEADER.size <= _wire.MAX_FRAME:
-            return [_wire.frame(payload)]
-        if len(batch) > 1:
-            half = len(batch) // 2
-            return self._encode(batch[:half], first, stamped, dropped) + self._encode(
-                batch[half:], first + half, stamped, dropped
+        for chunk in lines:  # a format can name an extra: its line is as long as the extra
+            for index, line in enumerate(chunk):
+                if line is not None and len(line) > _LINE_LIMIT:
+                    chunk[index] = _cut_text(line, _LINE_LIMIT)
+                    cut.add(index)
+        levels = [_level(record.levelno) for record in batch]
+        records = None
+        nested: list[tuple[int, str]] = []
+        if self._full:
+            records = [_state(record) for record in batch]
+            for index, state in enumerate(records):
+                state["levelno"] = levels[index]
+                _plain_state(state, index, nested, cut)
+        if cut:
+            self._truncated += len(cut)
+            banner(
+                f"{len(cut)} log records held a text longer than {_wire.MAX_TEXT} characters, which exceeds "
+                "the frame limit; the text was truncated (counted in the listener's stats as 'truncated')"
             )
-        record = batch[0]
-        size = len(record.message)
-        record.message = (
-            record.message[: _wire.MAX_FRAME // 16] + f" [logfunnel: truncated from {size} characters]"
+        payload = self._pack(first, stamped, dropped, levels, lines, records, nested)
+        limit = _wire.MAX_FRAME - _wire.HEADER.size
+        if len(payload) <= limit and _nested_size(records, nested) <= _wire.MAX_NESTED:
+            return [_wire.frame(payload)]
+        # Too large for one frame: measure each record alone, group them, encode each group.
+        count = len(batch)
+        sizes = []
+        for index in range(count):
+            part = self._part(index, index + 1, first, stamped, dropped, levels, lines, records, nested)
+            sizes.append((len(part[0]), part[1]))
+        frames = []
+        start = 0
+        while start < count:
+            end, size, nested_size = start, 0, 0
+            while end < count and (
+                end == start
+                or (size + sizes[end][0] + 64 <= limit and nested_size + sizes[end][1] <= _wire.MAX_NESTED)
+            ):
+                size += sizes[end][0] + 64
+                nested_size += sizes[end][1]
+                end += 1
+            payload, nested_size = self._part(
+                start, end, first, stamped, dropped, levels, lines, records, nested
+            )
+            if len(payload) > limit or nested_size > _wire.MAX_NESTED:  # one record, too large alone
+                payload = self._shrunk(start, first, stamped, dropped, levels, lines, records)
+            frames.append(_wire.frame(payload))
+            start = end
+        return frames
+
+    def _pack(
+        self,
+        first: int,
+        stamped: int,
+        dropped: int,
+        levels: list[int],
+        lines: list[list[str | None]],
+        records: list[dict[str, Any]] | None,
+        nested: list[tuple[int, str]],
+    ) -> bytes:
+        escaped = plain = False
+        while True:
+            message = (
+                _wire.BATCH, first, stamped, dropped, self._lost, levels, lines, records,
+                self._truncated, nested, escaped,
+            )  # fmt: skip
+            try:
+                return _wire.pack(message)
+            except UnicodeEncodeError:  # lone surrogates (surrogateescape'd bytes): carried exactly
+                if escaped:
+                    raise
+                escaped = True
+                lines = [[_escape_str(line) for line in chunk] for chunk in lines]
+                for state in records or ():
+                    for key, value in state.items():
+                        if type(value) is str:
+                            state[key] = _escape_str(value)
+            except (OverflowError, TypeError):  # an int outside 64 bits, a subclass of str...: its repr
+                if plain:
+                    raise
+                plain = True
+                for state in records or ():
+                    _plain_state(state, -1, None, None, strict=True)
+
+    def _part(
+        self,
+        start: int,
+        end: int,
+        first: int,
+        stamped: int,
+        dropped: int,
+        levels: list[int],
+        lines: list[list[str | None]],
+        records: list[dict[str, Any]] | None,
+        nested: list[tuple[int, str]],
+    ) -> tuple[bytes, int]:
+        """The frame payload for records start..end of a batch, and its bytes of nested values."""
+        part_records = None if records is None else records[start:end]
+        part_nested = [(index - start, key) for index, key in nested if start <= index < end]
+        payload = self._pack(
+            first + start,
+            stamped,
+            dropped,
+            levels[start:end],
+            [chunk[start:end] for chunk in lines],
+            part_records,
+            part_nested,
         )
-        banner(f"a log message of {size} characters exceeds the frame limit; it was truncated")
-        return self._encode(batch, first, stamped, dropped)
+        return payload, _nested_size(part_records, part_nested)
+
+    def _shrunk(
+        self,
+        index: int,
+        first: int,
+        stamped: int,
+        dropped: int,
+        levels: list[int],
+        lines: list[list[str | None]],
+        records: list[dict[str, Any]] | None,
+    ) -> bytes:
+        """One record that is too large even alone, cut down to fit (strings to 1/16 of ``MAX_TEXT``,
+        nested values to their cut text); a placeholder if even that does not fit."""
+        short = _wire.MAX_TEXT // 16
+        part_lines = [
+            [None if line is None else _cut_text(line, short) for line in chunk[index : index + 1]]
+            for chunk in lines
+        ]
+        part_records = None
+        if records is not None:
+            state = dict(records[index])
+            for key, value in state.items():
+                if type(value) is str:
+                    state[key] = _cut_text(value, short)
+                elif type(value) is _wire.Ext:
+                    state[key] = _cut_text(bytes(value.data).decode("utf-8", "replace"), short)
+            part_records = [state]
+        payload = self._pack(
+            first + index, stamped, dropped, levels[index : index + 1], part_lines, part_records, []
+        )
+        if len(payload) + _wire.HEADER.size <= _wire.MAX_FRAME:
+            return payload
+        banner("a log record too large to send even cut down was replaced by a placeholder")
+        text = "[logfunnel: a record too large to send was replaced by this placeholder]"
+        state = {"name": "logfunnel", "levelno": levels[index], "msg": text, "message": text}
+        return self._pack(
+            first + index,
+            stamped,
+            dropped,
+            levels[index : index + 1],
+            [[text] for _ in lines],
+            None if records is None else [state],
+            [],
+        )
 
     def _render(self, renderer: _wire.Renderer, batch: list[logging.LogRecord]) -> list[str | None]:
         try:
@@ -459,11 +598,92 @@ def _placeholder(record: logging.LogRecord, exc: Exception) -> logging.LogRecord
 
 
 def _level(level: object) -> int:
-    """A level as a plain int (an IntEnum level is an int subclass, which the wire refuses)."""
+    """A level as a plain int within what the listener accepts (0 to 2**31 - 1)."""
     try:
-        return int(level)  # type: ignore[call-overload, no-any-return]
+        value = int(level)  # type: ignore[call-overload]
     except Exception:
         return logging.NOTSET
+    return value if 0 <= value < 2**31 else logging.NOTSET
+
+
+def _cut_text(text: str, limit: int = _wire.MAX_TEXT) -> str:
+    """*text* cut to *limit* characters, with a marker saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f" [logfunnel: truncated from {len(text)} characters]"
+
+
+_CUT_ATTRIBUTES = ("message", "exc_text", "stack_info")
+#: Room for a line made of a few texts each already cut to ``MAX_TEXT``: only a line that names
+#: other long attributes is cut again.
+_LINE_LIMIT = 4 * _wire.MAX_TEXT
+
+
+def _cut_record(record: logging.LogRecord, index: int, cut: set[int]) -> None:
+    """Cut, in place and before any line is rendered, a record's long message, exception and stack
+    texts. (Long extras are cut where they show: in a rendered line, and in ``_plain_state``; looking
+    for them in every record here would cost the hot path a set difference each.)"""
+    state = record.__dict__
+    for key in _CUT_ATTRIBUTES:
+        value = state.get(key)
+        if type(value) is str and len(value) > _wire.MAX_TEXT:
+            state[key] = _cut_text(value)
+            cut.add(index)
+
+
+_PLAIN = (str, int, float, bool, type(None))
+_CONTAINER_TYPES = (dict, list, tuple)
+
+
+def _plain_state(
+    state: dict[str, Any],
+    index: int,
+    nested: list[tuple[int, str]] | None,
+    cut: set[int] | None,
+    strict: bool = False,
+) -> None:
+    """Make, in place, every value of a record's attribute dict one the listener's schema accepts:
+    a container becomes nested JSON (``Ext(NESTED)``, listed in *nested*), anything else not plain
+    its repr; with *strict*, ints outside 64 bits and nested values too."""
+    for key, value in state.items():
+        kind = type(value)
+        if kind is str:
+            if len(value) > _wire.MAX_TEXT:
+                state[key] = _cut_text(value)
+                if cut is not None:
+                    cut.add(index)
+            continue
+        if kind in _PLAIN:
+            if strict and kind is int and not -(2**63) <= value < 2**64:
+                state[key] = _wire.safe_repr(value)
+            continue
+        if kind is _wire.Ext:  # a nested value made on the first pass
+            continue
+        if kind in _CONTAINER_TYPES and nested is not None and not strict and _wire.wire_safe(value):
+            text = _json(value)  # plain and at most _MAX_DEPTH deep: the same on every Python
+            if text is not None and len(text) <= _wire.MAX_NESTED_VALUE:
+                state[key] = _wire.Ext(_wire.NESTED, text.encode("ascii"))
+                nested.append((index, key))
+                continue
+            if text is not None and cut is not None:
+                cut.add(index)
+        state[key] = _cut_text(_wire.safe_repr(value))
+
+
+def _json(value: Any) -> str | None:
+    """*value* as JSON (ASCII, so lone surrogates survive), what JSON cannot hold as its repr."""
+    try:
+        return json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=_wire.safe_repr)
+    except Exception:  # a circular or too deep structure, a key that is not a plain scalar
+        return None
+
+
+def _nested_size(records: list[dict[str, Any]] | None, nested: list[tuple[int, str]]) -> int:
+    return sum(len(bytes(records[index][key].data)) for index, key in nested) if records else 0
+
+
+def _escape_str(value: Any) -> Any:
+    return _wire.escape(value) if type(value) is str else value
 
 
 def _state(record: logging.LogRecord) -> dict[str, Any]:
@@ -477,10 +697,10 @@ def _state(record: logging.LogRecord) -> dict[str, Any]:
 
 def _take(buffer: collections.deque[logging.LogRecord]) -> list[logging.LogRecord]:
     """Remove and return the front of *buffer*, about ``_BATCH_BYTES`` of messages at most."""
-    batch = []
+    batch: list[logging.LogRecord] = []
     size = 0
     popleft = buffer.popleft
-    while buffer and size < _BATCH_BYTES:
+    while buffer and size < _BATCH_BYTES and len(batch) < _wire.MAX_RECORDS:
         record = popleft()
         batch.append(record)
         size += len(record.message) + 200

@@ -5,10 +5,10 @@ while it holds a shared pipe's lock hangs every other writer). A connection star
 HMAC-SHA256 challenge over the auth key that the handle carries::
 
     listener -> worker   GREETING + challenge (32 bytes)
-    worker   -> listener HMAC(key, challenge) + own challenge (32 bytes) + hello (pickled)
-    listener -> worker   HMAC(key, worker's challenge) + plan (pickled)
+    worker   -> listener HMAC(key, challenge) + own challenge (32 bytes) + hello (MessagePack)
+    listener -> worker   HMAC(key, worker's challenge) + plan (MessagePack)
 
-The listener checks the digest before it unpickles anything the worker sent. The plan tells the
+The listener checks the digest before it decodes anything the worker sent. The plan tells the
 worker which lines to render and whether whole records are wanted (see ``_wire``).
 """
 
@@ -363,6 +363,9 @@ def connect(
         if not hmac.compare_digest(welcome[:DIGEST_SIZE], answer(handle.authkey, own_challenge)):
             raise AuthenticationError(f"the listener at {handle.address} did not prove it knows the auth key")
         plan = _wire.decode(welcome[DIGEST_SIZE:])
+        # Arrays arrive as lists; a formatter spec is a tuple.
+        if type(plan) is dict and type(plan.get("formats")) is list:
+            plan["formats"] = [tuple(spec) if type(spec) is list else spec for spec in plan["formats"]]
         sock.settimeout(None)
         return sock, plan
     except BaseException:
