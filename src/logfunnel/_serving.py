@@ -366,24 +366,28 @@ class SocketServing:
             pass
         connections.pop(conn.sock.fileno(), None)
         conn.sock.close()
-        if reason is not None:
+        if conn.process is not None and not shutting_down:
+            self._connection_ended(conn.process, connections)
+        if reason is not None:  # counted once the process's state says what happened
             self._rejected += 1
             who = f"process {conn.process.pid}" if conn.process else "a peer"
             banner(f"closed the connection of {who}: {reason}")
-        process = conn.process
-        if process is not None and any(other.process is process for other in connections.values()):
+
+    def _connection_ended(self, process: _Process, connections: dict[int, _Connection]) -> None:
+        if any(other.process is process for other in connections.values()):
             return  # it has another connection (an install-time handshake that timed out, then the sender's)
-        if process is not None and process.state == "connected" and not shutting_down:
-            if process.reconciled:  # a late handshake of a process already settled from its count file
-                process.state = process.ended
-                return
-            process.state = "vanished"
-            if self._has_count_file(process):
-                return  # settled exactly from its count file once the process is gone (_reconcile)
-            if process.checkpoint == (process.stamped, process.dropped) and process.lost == 0:
-                process.state = "exited"  # it flushed everything, said so, and then left (os._exit)
-            self._report_end(process)
-            self._finish(process)
+        if process.state != "connected":
+            return
+        if process.reconciled:  # a late handshake of a process already settled from its count file
+            process.state = process.ended
+            return
+        process.state = "vanished"
+        if self._has_count_file(process):
+            return  # settled exactly from its count file once the process is gone (_reconcile)
+        if process.checkpoint == (process.stamped, process.dropped) and process.lost == 0:
+            process.state = "exited"  # it flushed everything, said so, and then left (os._exit)
+        self._report_end(process)
+        self._finish(process)
 
     def _authenticate(self, conn: _Connection, payload: bytes) -> None:
         if len(payload) < DIGEST_SIZE + CHALLENGE_SIZE:
