@@ -15,7 +15,7 @@ import pytest
 
 import logfunnel
 import logfunnel._handling
-from logfunnel._transport import ADDRESS_ENV, AUTHKEY_ENV
+from logfunnel._transport import ADDRESS_ENV, AUTHKEY_ENV, COUNTS_ENV
 
 sys.path.insert(0, os.path.dirname(__file__))  # so spawned children can import _workers
 
@@ -27,7 +27,7 @@ def _restore_logging():
     """Every test leaves the root logger, the environment and the worker state as it found them."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    env = {name: os.environ.get(name) for name in (ADDRESS_ENV, AUTHKEY_ENV)}
+    env = {name: os.environ.get(name) for name in (ADDRESS_ENV, AUTHKEY_ENV, COUNTS_ENV)}
     yield
     logfunnel.uninstall_worker_logging()
     root.handlers[:] = handlers

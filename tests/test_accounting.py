@@ -13,6 +13,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -28,7 +30,7 @@ from _accounting_workers import (
     log_until_killed,
     stall_listener,
 )
-from _workers import wait_for
+from _workers import Collect, wait_for
 from logfunnel import _counts
 
 METHODS = ["fork", "spawn"]
@@ -223,3 +225,31 @@ def test_count_files_that_are_not_ours_are_never_read(tmp_path):
     assert counts is not None and (counts.pid, counts.name, counts.accepted) == (os.getpid(), "me", 7)
     assert _counts.alive(os.getpid(), counts.start)
     good.release()
+
+
+_SELF_KILLING_CHILD = """
+import logging, os, signal
+import logfunnel
+logfunnel.install_worker_logging()  # joins through LOGFUNNEL_ADDRESS, LOGFUNNEL_COUNTS beside it
+log = logging.getLogger("subprocess.victim")
+for i in range(5000):
+    log.info("i=%d", i)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_subprocess_joining_a_tcp_listener_by_environment_is_counted_on_sigkill():
+    """A subprocess child that joins a TCP listener through LOGFUNNEL_ADDRESS and is SIGKILLed is
+    accounted exactly: the count folder is published beside the address."""
+    sink = Collect()
+    with logfunnel.start_listener(handlers=[sink], address="tcp://127.0.0.1:0") as listener:
+        assert os.environ["LOGFUNNEL_COUNTS"] == listener.queue.counts
+        child = subprocess.run([sys.executable, "-c", _SELF_KILLING_CHILD], timeout=40, check=False)
+        assert child.returncode == -signal.SIGKILL
+        pid_known = lambda: [p for p in listener.stats()["processes"] if p["name"] == "MainProcess"]  # noqa: E731
+        assert wait_for(lambda: bool(pid_known()) and pid_known()[0]["state"] == "vanished", 20)
+        assert wait_for(lambda: pid_known()[0]["received"] + pid_known()[0]["lost"] == 5000, 20)
+    (process,) = pid_known()
+    assert process["received"] + process["dropped"] + process["lost"] == 5000
+    assert process["received"] == len([r for r in sink.records if r.name == "subprocess.victim"])

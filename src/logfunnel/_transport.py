@@ -50,6 +50,7 @@ __all__ = [
 
 ADDRESS_ENV = "LOGFUNNEL_ADDRESS"
 AUTHKEY_ENV = "LOGFUNNEL_AUTHKEY"
+COUNTS_ENV = "LOGFUNNEL_COUNTS"  # the listener's folder for workers' count files (see _counts)
 GREETING = b"logfunnel/1 "
 CHALLENGE_SIZE = 32
 DIGEST_SIZE = 32
@@ -164,7 +165,9 @@ class QueueHandle:
         # The folder (mode 0700, made by the listener) where each worker keeps its count file. A
         # handle made from an address alone finds it beside a private socket; otherwise None, and
         # its workers keep no count file.
-        self.counts = counts if counts is not None else _counts_beside(address)
+        if counts is None:
+            counts = _counts_beside(address) or counts_from_environment(address)
+        self.counts = counts
 
     @classmethod
     def from_environment(cls) -> QueueHandle | None:
@@ -198,7 +201,11 @@ def _counts_beside(address: str) -> str | None:
     ``counts`` next to ``listener.sock``, if it is a folder of this user that only this user can use."""
     if not address.startswith("unix:") or os.path.basename(address) != "listener.sock":
         return None
-    folder = os.path.join(os.path.dirname(address[len("unix:") :]), "counts")
+    return _private_folder(os.path.join(os.path.dirname(address[len("unix:") :]), "counts"))
+
+
+def _private_folder(folder: str) -> str | None:
+    """*folder* if it is a folder of this user that only this user can use, else None."""
     try:
         info = os.lstat(folder)
     except OSError:
@@ -228,19 +235,35 @@ def authkey_from_environment() -> bytes | None:
     )
 
 
-def publish(handle: QueueHandle) -> tuple[str | None, str | None]:
+Saved = tuple[str | None, ...]
+_PUBLISHED = (ADDRESS_ENV, AUTHKEY_ENV, COUNTS_ENV)
+
+
+def publish(handle: QueueHandle) -> Saved:
     """Name *handle* in the environment, for child processes; return what was there before."""
-    saved = (os.environ.get(ADDRESS_ENV), os.environ.get(AUTHKEY_ENV))
+    saved = tuple(os.environ.get(name) for name in _PUBLISHED)
     os.environ[ADDRESS_ENV] = handle.address
     os.environ[AUTHKEY_ENV] = handle.authkey.hex()
+    if handle.counts:
+        os.environ[COUNTS_ENV] = handle.counts
+    else:
+        os.environ.pop(COUNTS_ENV, None)
     return saved
 
 
-def withdraw(address: str | None, saved: tuple[str | None, str | None] | None) -> None:
+def counts_from_environment(address: str) -> str | None:
+    """The count folder that the listener published with *address*, if it is a private folder of ours."""
+    folder = os.environ.get(COUNTS_ENV)
+    if not folder or os.environ.get(ADDRESS_ENV) != address:
+        return None
+    return _private_folder(folder)
+
+
+def withdraw(address: str | None, saved: Saved | None) -> None:
     """Put back what ``publish`` replaced, unless someone has published another address since."""
     if saved is None or os.environ.get(ADDRESS_ENV) != address:
         return
-    for name, value in zip((ADDRESS_ENV, AUTHKEY_ENV), saved):
+    for name, value in zip(_PUBLISHED, saved):
         if value is None:
             os.environ.pop(name, None)
         else:

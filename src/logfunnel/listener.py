@@ -31,6 +31,7 @@ from ._handling import banner
 from ._serving import SocketServing, _Connection, _Process
 from ._transport import (
     QueueHandle,
+    Saved,
     create_server,
     publish,
     withdraw,
@@ -184,7 +185,7 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         self._reconciled_at = 0.0
         self._stats_lock = threading.Lock()
         self._rejected = 0
-        self._saved_env: tuple[str | None, str | None] | None = None
+        self._saved_env: Saved | None = None
         self._fast: list[tuple[logging.Handler, int]] = []
         self._slow: list[logging.Handler] = []
         self._wrapped: list[tuple[logging.Handler, _Prerendered]] = []

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._checks import check_address, check_handlers, check_level
 from ._handling import banner
-from ._transport import QueueHandle, publish, withdraw
+from ._transport import QueueHandle, Saved, publish, withdraw
 from .listener import LogListener
 
 if TYPE_CHECKING:
@@ -303,7 +303,7 @@ class LogManager:
         self._owner = os.getpid()
         self._lock = threading.Lock()
         self._final: dict[str, Any] | None = None
-        self._saved_env: tuple[str | None, str | None] | None = None
+        self._saved_env: Saved | None = None
         self._requests = 0
         self._private_dir: weakref.finalize[Any, Any] | None = None
         self.pid: int | None = None
