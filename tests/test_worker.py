@@ -147,3 +147,22 @@ def test_socket_path_merges_the_message_now_and_keeps_exc_text_apart():
         record = logging.LogRecord("p", logging.ERROR, __file__, 1, "e", None, sys.exc_info())
     merged = _merge(record)
     assert (merged.message, merged.exc_text.endswith("RuntimeError: x")) == ("e", True)
+
+
+@pytest.mark.timeout(20)
+def test_sigterm_handler_during_own_write_does_not_deadlock():
+    """A SIGTERM flush that interrupts this thread's own write (exit finalizers saying goodbye) returns
+    instead of waiting forever for the send lock that the interrupted write holds."""
+    with logfunnel.start_listener(handlers=[logging.NullHandler()]) as listener:
+        handler = logfunnel.install_worker_logging(listener.queue)
+        logging.getLogger("app").warning("connected and sent")
+        assert logfunnel.flush_worker_logging(5)
+        sink = handler._sink
+        with sink._send_lock:  # as if the signal arrived inside _send(), below the handler
+            sink._in_send = True
+            try:
+                sink._say_goodbye()  # what the SIGTERM handler's close() ends with
+                assert not sink._send(b"x")
+            finally:
+                sink._in_send = False
+        logfunnel.uninstall_worker_logging()

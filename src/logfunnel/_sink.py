@@ -81,7 +81,11 @@ class SocketSink:
         self._full = True
         self._incarnation = os.urandom(8)
         self._hooked = False
-        self._send_lock = threading.Lock()  # one writer at a time: the sender, or a checkpoint
+        # One writer at a time: the sender, a checkpoint, or the goodbye. Re-entrant, because a SIGTERM
+        # handler may run in a thread that is in the middle of a write; _in_send keeps that handler
+        # from writing into the middle of the frame being written (see _send).
+        self._send_lock = threading.RLock()
+        self._in_send = False
         self._counted = self._count_file()
         # The counts the listener reads if this process dies hard: accepted and dropped records.
         self._slots = (
@@ -218,16 +222,27 @@ class SocketSink:
         if not self._send_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             return False
         try:
-            sock = self._sock
-            if sock is None:
-                return False
-            try:
-                sock.sendall(_wire.frame(_wire.encode(totals)))
-            except OSError:
-                return False
-            return True
+            return self._send(_wire.frame(_wire.encode(totals)))
+        except OSError:
+            return False
         finally:
             self._send_lock.release()
+
+    def _send(self, data: bytes, then_close: bool = False) -> bool:
+        """Write *data* whole on the connection, one writer at a time; False if there is none, or if
+        this thread is already writing (a signal handler that interrupted our own write must not
+        put its bytes into the middle of that frame). Raises OSError as ``sendall`` does."""
+        with self._send_lock:
+            if self._in_send or self._sock is None:
+                return False
+            self._in_send = True
+            try:
+                self._sock.sendall(data)
+                if then_close:
+                    self._sock.close()
+            finally:
+                self._in_send = False
+        return True
 
     def close(self, timeout: float | None) -> None:
         """Ship what is buffered, tell the listener this process is done (with its totals), hang up.
@@ -305,12 +320,12 @@ class SocketSink:
             frames = self._encode([_placeholder(r, exc) for r in batch], first, stamped, dropped)
         self._read_acks()
         self._sent = first + len(batch) - 1
-        failed = None
-        with self._send_lock:
-            try:
-                self._sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
-            except OSError as exc:
-                failed = exc
+        failed: Exception | str | None = None
+        try:
+            if not self._send(b"".join(frames) if len(frames) > 1 else frames[0]):
+                failed = "interrupted by a signal handler in the middle of a write"
+        except OSError as exc:
+            failed = exc
         if failed is not None:
             self._hang_up(f"lost the connection to {self.handle.address} ({failed})")
         with self._lock:
@@ -399,9 +414,8 @@ class SocketSink:
             return
         try:
             goodbye = (_wire.BYE, self._stamped, self._dropped, self._lost, self._truncated)
-            with self._send_lock:
-                self._sock.sendall(_wire.frame(_wire.encode(goodbye)))
-                self._sock.close()
+            if not self._send(_wire.frame(_wire.encode(goodbye)), then_close=True):
+                return  # this thread is mid-write below us: the process's count file tells the rest
         except OSError:
             pass
         self._sock = None
