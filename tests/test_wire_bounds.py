@@ -276,6 +276,7 @@ def test_huge_extra_is_truncated_once_and_neighbours_arrive(tmp_path: Path) -> N
     ]
     [worker] = stats["processes"]
     assert (worker["received"], worker["lost"], worker["truncated"]) == (3, 0, 1)
+    assert stats["truncated"] == 1
 
 
 class _Show(logging.Formatter):

@@ -551,6 +551,7 @@ class SocketServing:
                 folded["received"] += old.received
                 folded["dropped"] += old.dropped
                 folded["lost"] += old.lost
+                folded["truncated"] += old.truncated
 
     def _report_drops(self, process: _Process) -> None:
         new = process.dropped - process.warned_dropped

@@ -181,7 +181,7 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         self._connections: dict[int, _Connection] = {}
         self._queue_processes: dict[int, _Process] = {}
         self._finished: collections.deque[_Process] = collections.deque()
-        self._folded = {"processes": 0, "received": 0, "dropped": 0, "lost": 0}
+        self._folded = {"processes": 0, "received": 0, "dropped": 0, "lost": 0, "truncated": 0}
         self._reconciled_at = 0.0
         self._stats_lock = threading.Lock()
         self._rejected = 0
@@ -289,6 +289,7 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
             "received": folded["received"] + sum(p["received"] for p in processes),
             "dropped": folded["dropped"] + sum(p["dropped"] for p in processes),
             "lost": folded["lost"] + sum(p["lost"] for p in processes),
+            "truncated": folded["truncated"] + sum(p.get("truncated", 0) for p in processes),
             "rejected": self._rejected,
             "processes": processes,
             "folded_processes": folded["processes"],
