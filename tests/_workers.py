@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -70,6 +71,18 @@ def assert_exactly_once(path: Path, expected: dict[str, int]) -> None:
         )
     extra = set(seen) - {str(w) for w in expected}
     assert not extra, f"records from unexpected workers {extra}"
+
+
+def closed_by_listener(sock: socket.socket) -> bool:
+    """Read until end of stream; True once the listener has closed its side, False on a timeout."""
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False
+    return True
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01) -> bool:

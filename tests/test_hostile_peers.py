@@ -20,6 +20,7 @@ import pytest
 import logfunnel
 import logfunnel._serving
 import logfunnel.listener
+from _workers import closed_by_listener
 from logfunnel import _transport, _wire
 
 pytestmark = pytest.mark.timeout(30)  # every test here starts a listener thread
@@ -360,18 +361,6 @@ MALFORMED: dict[str, tuple[list[bytes], str]] = {
 }
 
 
-def _closed_by_listener(sock: socket.socket) -> bool:
-    """Read until end of stream; True once the listener has closed its side."""
-    try:
-        while sock.recv(65536):
-            pass
-    except ConnectionResetError:
-        pass
-    except TimeoutError:
-        return False
-    return True
-
-
 def _closing_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("closed the connection of ")]
 
@@ -388,7 +377,7 @@ def _check_survives(
     good.send(N)
     bad = attack(funnel)
     try:
-        assert _closed_by_listener(bad), "the listener did not close the hostile peer"
+        assert closed_by_listener(bad), "the listener did not close the hostile peer"
     finally:
         bad.close()
     _wait_for(lambda: funnel.listener.stats()["rejected"] == 1, "the rejection to be counted")
@@ -500,7 +489,7 @@ def test_a_stalled_peer_does_not_stall_the_others(
         assert _still_open(stalled)
         assert funnel.listener.stats()["rejected"] == 0
         funnel.stop()
-        assert _closed_by_listener(stalled), "stop() left a connection open"
+        assert closed_by_listener(stalled), "stop() left a connection open"
     finally:
         stalled.close()
     lines = funnel.lines()
@@ -532,7 +521,7 @@ def test_an_authenticated_peer_is_not_timed_out(
     # timeout, it has also passed the deadline that "idle" had for its handshake.
     clock = _silent(funnel)
     try:
-        assert _closed_by_listener(clock)
+        assert closed_by_listener(clock)
     finally:
         clock.close()
     _wait_for(lambda: funnel.listener.stats()["rejected"] == 1, "the silent peer's rejection")
@@ -585,7 +574,7 @@ def test_a_real_worker_delivers_everything_while_under_attack(
     try:
         # Fork only once the listener has closed them: a child inherits the listener's descriptors,
         # and a peer would not see its connection end while the child holds a copy.
-        assert all(_closed_by_listener(sock) for sock in closed)
+        assert all(closed_by_listener(sock) for sock in closed)
         _wait_for(lambda: funnel.listener.stats()["rejected"] == len(closed), "every rejection to be counted")
         child = multiprocessing.get_context("fork").Process(
             target=_child, args=(funnel.queue, 5 * N), name="real-worker"

@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 import logfunnel
+from _workers import closed_by_listener
 from logfunnel import _checks, _handling, _serving, _transport, _wire
 
 pytestmark = pytest.mark.timeout(60)  # every test here starts a listener, some start processes
@@ -98,18 +99,6 @@ def _raw(address: str) -> socket.socket:
     sock.settimeout(15)
     sock.connect(sockaddr)
     return sock
-
-
-def _closed_by_listener(sock: socket.socket) -> bool:
-    """Read until end of stream; True once the listener has closed its side."""
-    try:
-        while sock.recv(65536):
-            pass
-    except ConnectionResetError:
-        pass
-    except TimeoutError:
-        return False
-    return True
 
 
 def _still_open(sock: socket.socket) -> bool:
@@ -327,11 +316,11 @@ def test_idle_unauthenticated_connections_are_capped(
             _transport.recv_frame(sock)  # greeted: accepted, in this order
             idle.append(sock)
         _wait_for(lambda: funnel.rejected() == 12, "12 rejections")
-        assert all(_closed_by_listener(sock) for sock in idle[:12])
+        assert all(closed_by_listener(sock) for sock in idle[:12])
         assert all(_still_open(sock) for sock in idle[12:])
         _run_worker(funnel.listener.queue, 100)  # its connection, the 21st, closes the 13th
         _wait_for(lambda: funnel.rejected() == 13, "the 13th rejection")
-        assert _closed_by_listener(idle[12])
+        assert closed_by_listener(idle[12])
         assert all(_still_open(sock) for sock in idle[13:])
         funnel.stop()
     finally:
@@ -374,7 +363,7 @@ def test_peer_stalled_mid_frame_is_dropped_after_deadline(
     stalled, _ = _authenticated(funnel, 4_000_011)
     try:
         stalled.sendall(_wire.HEADER.pack(1000) + b"x" * 10)  # 10 bytes of 1000, then silence
-        assert _closed_by_listener(stalled), "the stalled peer was not closed"
+        assert closed_by_listener(stalled), "the stalled peer was not closed"
         _wait_for(lambda: funnel.rejected() == 1, "the rejection to be counted")
         assert _still_open(quiet)
         states = {p["pid"]: p["state"] for p in funnel.listener.stats()["processes"]}

@@ -14,7 +14,6 @@ import multiprocessing
 import os
 import pickle
 import resource
-import socket
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 import logfunnel
+from _workers import closed_by_listener
 from logfunnel import _transport, _wire
 
 pytestmark = pytest.mark.timeout(60)
@@ -109,17 +109,6 @@ class Worker:
         return [f"INFO good {self.name} record {seq}" for seq in range(1, self.sent + 1)]
 
 
-def _closed_by_listener(sock: socket.socket) -> bool:
-    try:
-        while sock.recv(65536):
-            pass
-    except ConnectionResetError:
-        pass
-    except TimeoutError:
-        return False
-    return True
-
-
 def _attack(listener: ChildListener, payload: bytes) -> None:
     """Send *payload* as one frame after authenticating; it must be refused (the connection closed),
     a good worker's records must arrive before and after it, and the listener's peak memory must
@@ -130,7 +119,7 @@ def _attack(listener: ChildListener, payload: bytes) -> None:
     sock.settimeout(30)
     try:
         sock.sendall(_wire.frame(payload))
-        assert _closed_by_listener(sock), "the listener did not close the hostile peer"
+        assert closed_by_listener(sock), "the listener did not close the hostile peer"
     finally:
         sock.close()
     good.send(100)  # still served
