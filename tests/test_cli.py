@@ -218,7 +218,10 @@ def test_console_script_runs_the_demo(tmp_path):
     """The installed `logfunnel` script runs the demo like `python -m logfunnel` does."""
     script = Path(sys.executable).parent / "logfunnel"
     if not script.exists():
-        pytest.skip(f"no logfunnel script installed beside {sys.executable}")
+        reason = f"no logfunnel script installed beside {sys.executable}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)  # CI installs the package: a missing script is a packaging bug there
+        pytest.skip(reason)
     result = _run("demo", "--workers", "1", "--seconds", "0.3", "--dir", str(tmp_path), command=[str(script)])
     assert result.returncode == 0, result.stderr
     assert "check      produced = delivered + dropped + lost: yes" in result.stdout
