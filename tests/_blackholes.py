@@ -124,9 +124,9 @@ class _Keeper(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    do_GET = do_POST = _answer  # noqa: N815  (the names http.server calls)
+    do_GET = do_POST = _answer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (http.server's name)
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 

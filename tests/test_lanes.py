@@ -8,11 +8,11 @@ import multiprocessing
 import threading
 
 import pytest
+
+import logfunnel
 from _blackholes import http_blackhole, refusing_port, socket_receiver
 from _workers import assert_exactly_once, log_records, wait_for
 from conftest import LINE_FORMAT
-
-import logfunnel
 from logfunnel import Lane, LogListener, Retry
 
 METHODS = [m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
@@ -52,7 +52,7 @@ class Flaky(logging.Handler):
         except Exception:
             self.handleError(record)
 
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802  (the stdlib's name)
+    def handleError(self, record: logging.LogRecord) -> None:
         self.errors += 1
 
 
@@ -101,7 +101,7 @@ def _accounted(figures):
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("method", METHODS)
 def test_black_holed_http_lane_does_not_delay_the_file_handler(tmp_path, method):
-    """Every file line arrives while the HTTPHandler's lane is provably stuck in a server that never answers."""
+    """Every file line arrives while the HTTPHandler's lane is stuck in a server that never answers."""
     path = tmp_path / "app.log"
     with http_blackhole() as hole:
         http = logging.handlers.HTTPHandler(f"{hole.host}:{hole.port}", "/log", method="POST")
@@ -251,7 +251,7 @@ def test_routed_mode_puts_a_socket_handler_on_a_lane_and_leaves_the_loggers_alon
 
 @pytest.mark.timeout(30)
 def test_drop_newest_keeps_the_first_records():
-    """drop_newest: a full buffer refuses new records; handled + dropped = produced, and the first ones win."""
+    """drop_newest: a full buffer refuses new records; handled + dropped = produced; the first ones win."""
     gate = Gate()
     lane = Lane(gate, capacity=5, when_full="drop_newest")
     log = _own_logger("lanes.newest", lane)
