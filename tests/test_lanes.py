@@ -412,3 +412,52 @@ def test_manager_reports_lanes_and_their_backlog(tmp_path, method):
             manager.stop(timeout=60)
     figures = manager.stats()["manager"]["lanes"][0]
     assert figures["state"] == "abandoned" and _accounted(figures) == 50
+
+
+@pytest.mark.timeout(30)
+def test_target_used_directly_elsewhere_keeps_its_own_handle_error():
+    """While a lane runs a handler, a failure of the same handler called on another thread still
+    goes to the handler's own handleError (only the lane's thread retries)."""
+    flaky = Flaky(failures=1)
+    lane = Lane(flaky, retry=Retry(give_up_after=30, first_delay=0.01))
+    gate_log = _own_logger("lanes.shared", lane)
+    gate_log.info("through the lane")
+    assert lane.drain(10) == 0
+    flaky.failures = 1
+    flaky.handle(logging.makeLogRecord({"msg": "direct"}))
+    assert flaky.errors == 1 and flaky.messages == ["through the lane"]
+    lane.close()
+    assert "handleError" not in vars(flaky)
+
+
+def _log_through_a_lane(path):
+    handler = logging.FileHandler(path, encoding="utf-8")
+    log = _own_logger("lanes.child", Lane(handler, name="child"))
+    for i in range(50):
+        log.info("r%d", i)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", METHODS)
+def test_lane_in_a_child_process_delivers_before_it_exits(tmp_path, method):
+    """A Lane used in a multiprocessing child (which leaves through os._exit) is drained at its exit."""
+    path = tmp_path / "child.log"
+    child = multiprocessing.get_context(method).Process(target=_log_through_a_lane, args=(path,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert path.read_text(encoding="utf-8").splitlines() == [f"r{i}" for i in range(50)]
+
+
+@pytest.mark.timeout(120)
+def test_explicit_lane_crosses_to_a_log_manager(tmp_path):
+    """A Lane given to a LogManager is rebuilt there with its options and runs its handler."""
+    with refusing_port() as port:
+        port.serve_http()
+        http = logging.handlers.HTTPHandler(f"{port.host}:{port.port}", "/log", method="POST")
+        lane = Lane(http, capacity=123, name="to-http")
+        with logfunnel.LogManager([lane]) as manager:
+            _run_workers("fork", manager.queue, count=10, workers=1)
+            assert wait_for(lambda: len(port.requests) == 10, 30)
+            (figures,) = manager.stats()["manager"]["lanes"]
+    assert (figures["name"], figures["capacity"], figures["handled"]) == ("to-http", 123, 10)

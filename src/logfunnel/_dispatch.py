@@ -145,6 +145,9 @@ class Dispatcher:
                 handler.formatter = stand_in  # type: ignore[assignment]
                 self._wrapped.append((handler, stand_in))
         self.plan = {"formats": specs, "full": not self._prerender or bool(self._slow), "level": self.level}
+        for handler in self.handlers:
+            if isinstance(handler, Lane):
+                handler._held = True  # noqa: SLF001  (drained by stop(), after the last records)
         return self.plan
 
     def _target_for(self, handler: logging.Handler) -> logging.Handler:
@@ -155,6 +158,7 @@ class Dispatcher:
             made = self._lanes.get(id(handler))
             if made is None:
                 made = self._lanes[id(handler)] = (handler, Lane(handler))
+                made[1]._held = True  # noqa: SLF001  (this dispatcher stops it)
         return made[1]
 
     # -- records -----------------------------------------------------------------------------------
@@ -178,6 +182,7 @@ class Dispatcher:
         if seam is None and not self._slow and not self.routed:
             return
         wrapped = bool(self._wrapped)
+        made: list[logging.LogRecord] = []
         record: logging.LogRecord
         for position, state in enumerate(records):
             if wrapped:
@@ -187,10 +192,31 @@ class Dispatcher:
                 record = rendered
             else:
                 record = new_record(state)
-            if seam is not None:
+            made.append(record)
+        if seam is not None:
+            for record in made:
                 seam(record)
-            else:
+        elif self.routed:
+            for record in made:
                 self.deliver(record, self._slow)
+        else:
+            self._deliver_batch(levels, made)
+
+    def _deliver_batch(self, levels: list[int], records: list[logging.LogRecord]) -> None:
+        # A lane takes the batch in one call (one lock); an inline handler record by record. Order
+        # holds per handler; across handlers it never could (a lane delivers in its own time).
+        for handler, target in self._slow:
+            threshold = max(self.level, handler.level if self.respect_handler_level else 0)
+            chosen = records
+            if threshold > min(levels):
+                chosen = [record for record, level in zip(records, levels) if level >= threshold]
+            if not chosen:
+                continue
+            if isinstance(target, Lane) and not target.filters:
+                target.handle_batch(chosen)
+                continue
+            for record in chosen:
+                target.handle(record)
 
     def handle_record(self, record: logging.LogRecord) -> None:
         """Offer one record to every handler (through its lane), or to its logger in routed mode."""
@@ -315,6 +341,9 @@ class Dispatcher:
             except Exception as exc:
                 banner(f"draining {lane!r} failed: {exc!r}")
                 continue
+            finally:
+                if isinstance(lane, Lane):
+                    lane._held = False  # noqa: SLF001
             left_total += left
         self.undelivered = left_total
         self._unwrap()

@@ -25,7 +25,8 @@ import time
 import weakref
 from typing import Any
 
-from ._handling import banner
+from ._exit import at_exit
+from ._handling import UnlockedHandle, banner
 
 __all__ = ["Lane", "Retry", "abandon_target", "inline", "is_lane"]
 
@@ -146,7 +147,7 @@ class _Intercept:
         self.original(record)
 
 
-class Lane(logging.Handler):
+class Lane(UnlockedHandle, logging.Handler):
     """Put *handler* on a lane of its own: a daemon thread, a buffer of *capacity* records, a drop
     policy, retry with back-off for records whose emit failed, and figures (``lane_stats()``).
 
@@ -160,7 +161,9 @@ class Lane(logging.Handler):
 
     Records reach the target as ``handler.handle(record)`` would, later and on the lane's thread:
     arguments that change after the logging call may show their new value (as with ``QueueHandler``
-    without ``prepare``). A ``Lane`` works in any handler list: a listener's, or a logger's.
+    without ``prepare``). A ``Lane`` works in any handler list: a listener's, or a logger's. Its
+    ``handle`` takes no handler lock (its buffer has its own), so callers never queue behind a
+    ``block`` wait or each other.
     """
 
     def __init__(
@@ -217,6 +220,7 @@ class Lane(logging.Handler):
         self._state = "running"
         self._stopping = False  # close(): finish what is buffered, then end
         self._abandon = False  # give up: end as soon as the target lets go
+        self._held = False  # a running listener drains and stops it (not the exit hook here)
         self.handled = self.dropped = self.failed = self.retried = self.undelivered = 0
         self._reported_drops = 0
         self._reported_at = 0.0
@@ -253,6 +257,42 @@ class Lane(logging.Handler):
         if self.dropped > self._reported_drops:
             self._report_drops()
 
+    def handle_batch(self, records: list[logging.LogRecord]) -> None:
+        """Append many records at once (one lock, not one per record), as ``emit`` would one by one.
+
+        For a lane without filters of its own (the dispatcher checks); ``"block"`` goes record by record.
+        """
+        if self.when_full == "block":
+            for record in records:
+                self.handle(record)
+            return
+        if self._pid != os.getpid():
+            self._reset()
+        cond = self._cond
+        with cond:
+            if self._state != "running" or self._stopping:
+                self.undelivered += len(records)
+                return
+            buffer = self._buffer
+            room = self.capacity - len(buffer)
+            if len(records) <= room:
+                buffer.extend(records)
+            elif self.when_full == "drop_oldest":
+                buffer.extend(records)
+                excess = len(buffer) - self.capacity
+                for _ in range(excess):
+                    buffer.popleft()
+                self.dropped += excess
+            else:
+                if room > 0:
+                    buffer.extend(records[:room])
+                self.dropped += len(records) - max(room, 0)
+            if self._thread is None and buffer:
+                self._start()
+            cond.notify_all()
+        if self.dropped > self._reported_drops:
+            self._report_drops()
+
     def _report_drops(self) -> None:
         now = time.monotonic()
         if now - self._reported_at < _DROP_REPORT_INTERVAL:
@@ -276,6 +316,7 @@ class Lane(logging.Handler):
         thread = threading.Thread(target=self._run, name=f"logfunnel-{self.name}", daemon=True)
         self._thread = thread
         _lanes.add(self)
+        at_exit(_stop_all)  # also at a multiprocessing child's exit, which skips atexit
         thread.start()
 
     # -- the lane's thread -------------------------------------------------------------------------
@@ -427,7 +468,7 @@ class Lane(logging.Handler):
             abandon_target(self.target)
             stuck = " (it is stuck in the handler)" if self._current is not None else ""
             banner(
-                f"lane {self.name} could not deliver {left} records to {self.target!r} within {timeout:.1f} s"
+                f"lane {self.name} could not deliver {left} records to {self.target!r} by its drain deadline"
                 f"{stuck}; they are lost and counted as undelivered"
             )
         elif thread is not None:
@@ -467,9 +508,10 @@ def _rebuild_lane(target: logging.Handler, options: dict[str, Any], level: int, 
 
 def _stop_all() -> None:
     # Before logging.shutdown (registered earlier, so it runs later): a lane stuck in its target is
-    # abandoned here, and its target taken out of the list logging.shutdown would wait on.
+    # abandoned here, and its target taken out of the list logging.shutdown would wait on. A lane a
+    # running listener holds is the listener's to drain, after the records still on their way.
     for lane in list(_lanes):
-        if lane._pid == os.getpid():  # noqa: SLF001
+        if lane._pid == os.getpid() and not lane._held:  # noqa: SLF001
             lane.stop(lane.drain_timeout)
 
 
