@@ -127,7 +127,8 @@ def test_smtp_handler_stalled_after_ehlo_does_not_delay_the_file(tmp_path):
             log_records(0, 100, listener.queue)
             assert logfunnel.flush_worker_logging(10)
             assert wait_for(lambda: path.read_text().count("\n") == 101, 30)
-            assert listener.stats()["lanes"][0]["backlog"] == 101
+            assert wait_for(lambda: listener.stats()["lanes"][0]["backlog"] == 101, 30)
+            assert stall.accepted == 1
         finally:
             logfunnel.uninstall_worker_logging()
             listener.stop()

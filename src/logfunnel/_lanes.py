@@ -216,7 +216,8 @@ class Lane(UnlockedHandle, logging.Handler):
         self._thread: threading.Thread | None = None
         self._ident: int | None = None
         self._failure: BaseException | None = None
-        self._intercept: _Intercept | None = None
+        # Kept across a fork: the hook is still installed on the target, and stays the one.
+        self._intercept: _Intercept | None = getattr(self, "_intercept", None)
         self._state = "running"
         self._stopping = False  # close(): finish what is buffered, then end
         self._abandon = False  # give up: end as soon as the target lets go
@@ -293,9 +294,9 @@ class Lane(UnlockedHandle, logging.Handler):
         if self.dropped > self._reported_drops:
             self._report_drops()
 
-    def _report_drops(self) -> None:
+    def _report_drops(self, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self._reported_at < _DROP_REPORT_INTERVAL:
+        if not force and now - self._reported_at < _DROP_REPORT_INTERVAL:
             return
         new = self.dropped - self._reported_drops
         if new <= 0:
@@ -349,6 +350,7 @@ class Lane(UnlockedHandle, logging.Handler):
                     cond.notify_all()
         finally:
             worker.listener_threads.discard(self._ident)
+            self._ident = None  # its ident may be reused by another thread: no longer ours
 
     def _deliver(self, record: logging.LogRecord) -> bool | None:
         """Hand *record* to the target, retrying; True once delivered, False when it gave up
@@ -454,6 +456,7 @@ class Lane(UnlockedHandle, logging.Handler):
             self._stopping = True
             self._cond.notify_all()
         left = self.drain(timeout)
+        self._report_drops(force=True)  # the drops not reported yet: none goes unsaid
         thread = self._thread
         with self._cond:
             if left:
