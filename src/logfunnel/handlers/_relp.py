@@ -119,7 +119,7 @@ class RelpConnection:
             raise TypeError(f"RelpConnection.open() expected an address (host, port), got {address!r}")
         if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
             raise ValueError(
-                f"RelpConnection.open() expected a window from 1 to {MAX_WINDOW}, got {window!r}"
+                f"RelpConnection.open() expected a window from 1 to {MAX_WINDOW:,}, got {window!r}"
             )
         if not timeout > 0:
             raise ValueError(f"RelpConnection.open() expected a timeout > 0 seconds, got {timeout!r}")
@@ -139,9 +139,19 @@ class RelpConnection:
             raise
         try:
             connection._handshake()
-        except BaseException:
+        except BaseException as exc:
             connection._drop()
-            raise
+            if not isinstance(exc, OSError) or (isinstance(exc, RelpError) and ssl_context is None):
+                raise
+            # Over TLS 1.3 a server refuses the client's certificate (or its lack of one) only after
+            # the handshake: the first read or write fails. Say so, since the error alone does not.
+            hint = (
+                "; over TLS this is how a server refuses the client's certificate or its lack of one: "
+                "does the server require one (rsyslog's imrelp with tls.myCert does)? see its log"
+                if ssl_context is not None
+                else ""
+            )
+            raise RelpError(f"opening a RELP session with {host}:{port} failed: {exc}{hint}") from exc
         return connection
 
     def _handshake(self) -> None:
@@ -454,7 +464,8 @@ class RelpConnection:
         )
 
     def _response(self, txnr: int, data: bytes) -> RelpError | None:
-        status, _, rest = data.partition(b" ")
+        # RSP DATA = 3DIGIT [SP HUMAN-TEXT] [LF DATA]
+        status, rest = data[:3], data[4:] if data[3:4] in (b" ", b"\n") else data[3:]
         human = _shown(rest.split(b"\n", 1)[0], 200)
         if txnr == self._control:
             # librelp answers close with an empty rsp
