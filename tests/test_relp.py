@@ -4,10 +4,12 @@ servers."""
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import socket
 import ssl
 import threading
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -615,3 +617,22 @@ def test_text_instead_of_bytes_raises_type_error(fake: Any) -> None:
         conn.send([message(1), "text"])  # type: ignore[list-item]
     assert conn.pending() == []
     conn._sock.close()  # type: ignore[union-attr]
+
+
+def test_wait_zero_takes_what_has_arrived(rsyslog: RelpRsyslog) -> None:
+    """wait(0) does not wait, but takes the acknowledgements already received."""
+    with RelpConnection.open(rsyslog.relp_address) as conn:
+        conn.send([message(1)])
+        rsyslog.wait_for(1)
+        deadline = time.monotonic() + 10  # the acknowledgement follows the write within moments
+        while not conn.wait(0):
+            assert time.monotonic() < deadline, "no acknowledgement within 10 s"
+            time.sleep(0.01)
+        assert conn.pending() == []
+
+
+def test_relp_error_pickles() -> None:
+    """RelpError crosses a process boundary with its message (and errno, when it has one)."""
+    for error in (RelpError("bad frame"), RelpError(104, "reset")):
+        again = pickle.loads(pickle.dumps(error))
+        assert (type(again), again.args, str(again)) == (RelpError, error.args, str(error))

@@ -40,6 +40,7 @@ MAX_WINDOW = 100_000
 # A response carries a status line and, for "open", the offers: a few hundred bytes from librelp.
 MAX_RESPONSE = 64 * 1024
 RECV_SIZE = 64 * 1024
+CHUNK = 256  # messages per write
 SOFTWARE = b"logfunnel,1,https://github.com/logfunnel/logfunnel"
 OFFERS = b"relp_version=0\nrelp_software=" + SOFTWARE + b"\ncommands=syslog"
 
@@ -199,7 +200,9 @@ class RelpConnection:
                 if room <= 0:
                     self._read_until(lambda: len(self._unacked) < self._window, self._timeout, "room")
                     continue
-                chunk = messages[start : start + room]
+                # a chunk at a time, reading what acknowledgements came in between: a server that
+                # blocks on writing its answers while we block on writing messages would deadlock
+                chunk = messages[start : start + min(room, CHUNK)]
                 frames = []
                 with self._lock:
                     for message in chunk:
@@ -215,7 +218,10 @@ class RelpConnection:
         except BaseException as exc:
             with self._lock:
                 self._unsent.extend(messages[start:])
-            raise self._failed(exc, "send") from exc
+            error = self._failed(exc, "send")
+            if error is exc:
+                raise
+            raise error from exc
 
     def pending(self) -> list[bytes]:
         """The messages sent and not yet acknowledged, oldest first (after a failed ``send()``, also
@@ -226,15 +232,17 @@ class RelpConnection:
     def wait(self, timeout: float) -> bool:
         """Read acknowledgements for at most *timeout* seconds; True once everything sent is acknowledged.
 
-        Raises ``RelpError`` when the server refuses a message, closes, or sends what is not RELP."""
-        if not self._unacked:
-            self._usable("wait")
-            return True
+        Raises ``RelpError`` when the server refuses a message, closes, or sends what is not RELP.
+        ``wait(0)`` takes the acknowledgements that have arrived, without waiting."""
         self._usable("wait")
         try:
+            self._read_ready()
             return self._read_until(lambda: not self._unacked, timeout, None)
         except BaseException as exc:
-            raise self._failed(exc, "wait") from exc
+            error = self._failed(exc, "wait")
+            if error is exc:
+                raise
+            raise error from exc
 
     def close(self) -> None:
         """End the session: send RELP's ``close`` (the server answers it after every message before it),
@@ -300,8 +308,8 @@ class RelpConnection:
             )
         elif isinstance(exc, OSError):
             message = (
-                f"the connection to the RELP server at {self._where} failed in {call}(): {exc}; "
-                f"open a new connection and send pending() again"
+                f"the connection to the RELP server at {self._where} failed in {call}(): "
+                f"{exc.strerror or exc}; open a new connection and send pending() again"
             )
         else:
             self._broken = self._broken or f"{type(exc).__name__} in {call}()"
