@@ -636,3 +636,37 @@ def test_relp_error_pickles() -> None:
     for error in (RelpError("bad frame"), RelpError(104, "reset")):
         again = pickle.loads(pickle.dumps(error))
         assert (type(again), again.args, str(again)) == (RelpError, error.args, str(error))
+
+
+def test_server_that_stops_reading_costs_one_timeout(fake: Any) -> None:
+    """A server that stops reading blocks the write only for the timeout: RelpError, everything pending."""
+    done = threading.Event()
+
+    def script(server: FakeServer, sock: socket.socket) -> None:
+        server.answer_open(sock)
+        done.wait(20)
+
+    server = fake(script)
+    conn = RelpConnection.open(server.address, timeout=0.5)
+    sent = [message(i, "z" * (1 << 20)) for i in range(24)]  # more than the kernel buffers hold
+    with pytest.raises(RelpError, match=r"did not finish within 0.5 s: the server is stuck"):
+        conn.send(sent)
+    assert conn.pending() == sent
+    done.set()
+    conn.close()
+
+
+def test_close_never_raises_and_the_connection_is_then_unusable(fake: Any) -> None:
+    """close() on a server that vanished does not raise; send() afterwards says the connection is closed."""
+
+    def script(server: FakeServer, sock: socket.socket) -> None:
+        server.answer_open(sock)
+
+    server = fake(script)
+    conn = RelpConnection.open(server.address, timeout=1)
+    server.close()  # the script returned: the server closed its side
+    conn.close()
+    conn.close()
+    with pytest.raises(RelpError, match=r"RelpConnection.send\(\): the connection to .* is closed"):
+        conn.send([message(1)])
+    assert conn.pending() == [message(1)]

@@ -258,7 +258,8 @@ class RelpConnection:
             self._control_command(b"close", b"")
         except Exception:
             pass
-        self._drop()
+        finally:
+            self._drop()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"broken: {self._broken}" if self._broken else "open"
@@ -303,8 +304,8 @@ class RelpConnection:
             return exc
         if isinstance(exc, TimeoutError):
             message = (
-                f"writing to the RELP server at {self._where} did not finish within {self._timeout} s: "
-                f"the server is stuck; open a new connection and send pending() again"
+                f"a write to (or read from) the RELP server at {self._where} did not finish within "
+                f"{self._timeout} s: the server is stuck; open a new connection and send pending() again"
             )
         elif isinstance(exc, OSError):
             message = (
