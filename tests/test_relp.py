@@ -38,7 +38,10 @@ class RelpRsyslog(Rsyslog):
     certificate against the CA instead."""
 
     def config(self) -> str:
-        return super().config().replace('tls="on"', 'tls="on" tls.authMode="certvalid"')
+        text = super().config()
+        if "tls.authMode" in text.split("imrelp", 1)[-1]:
+            return text  # the fixture chose a mode of its own
+        return text.replace('tls="on"', 'tls="on" tls.authMode="certvalid"')
 
 
 @pytest.fixture
@@ -670,3 +673,27 @@ def test_close_never_raises_and_the_connection_is_then_unusable(fake: Any) -> No
     with pytest.raises(RelpError, match=r"RelpConnection.send\(\): the connection to .* is closed"):
         conn.send([message(1)])
     assert conn.pending() == [message(1)]
+
+
+def test_streaming_server_cannot_hold_send_or_wait(fake: Any) -> None:
+    """A server that streams hints without pause and never acknowledges: send() returns, wait() returns
+    False after its timeout, and neither stays inside the reading."""
+    stop = threading.Event()
+
+    def script(server: FakeServer, sock: socket.socket) -> None:
+        server.answer_open(sock)
+        flood = b"0 hint 0\n" * 4096
+        try:
+            while not stop.is_set():
+                sock.sendall(flood)
+        except OSError:
+            pass
+
+    server = fake(script)
+    conn = RelpConnection.open(server.address, timeout=2)
+    for i in range(20):
+        conn.send([message(i)])
+    assert conn.wait(0.5) is False
+    assert conn.pending() == [message(i) for i in range(20)]
+    stop.set()
+    conn._drop()

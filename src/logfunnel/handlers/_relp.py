@@ -41,6 +41,7 @@ MAX_WINDOW = 100_000
 MAX_RESPONSE = 64 * 1024
 RECV_SIZE = 64 * 1024
 CHUNK = 256  # messages per write
+READY_READS = 4  # reads of what has arrived, between writes
 SOFTWARE = b"logfunnel,1,https://github.com/logfunnel/logfunnel"
 OFFERS = b"relp_version=0\nrelp_software=" + SOFTWARE + b"\ncommands=syslog"
 
@@ -369,10 +370,13 @@ class RelpConnection:
         return True
 
     def _read_ready(self) -> None:
-        """Handle whatever acknowledgements have already arrived, without waiting for more."""
+        """Handle the acknowledgements that have already arrived, without waiting for more.
+
+        At most ``READY_READS`` reads: a server that streams without pause must not hold send() here
+        (a full window of acknowledgements from librelp is a few KiB, one read)."""
         sock = self._sock
         assert sock is not None
-        while True:
+        for _ in range(READY_READS):
             # TLS: a record already decrypted is not seen by poll()
             ready = getattr(sock, "pending", _nothing)() > 0
             if not ready:
