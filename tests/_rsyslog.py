@@ -413,11 +413,21 @@ def header_timestamp(raw: str) -> str | None:
     return parts[1]
 
 
-@pytest.fixture
-def rsyslog(tmp_path: Path) -> Iterator[Rsyslog]:
-    """A running rsyslog with every listener (UDP, TCP, TLS, RELP, Unix socket), killed at teardown."""
-    server = Rsyslog(tmp_path / "rsyslog")
+def running(tmp_path: Path, **options: Any) -> Iterator[Rsyslog]:
+    """Yield a started Rsyslog under *tmp_path*, killed afterwards: the body of an ``rsyslog`` fixture::
+
+    @pytest.fixture
+    def rsyslog(tmp_path):
+        yield from running(tmp_path)
+    """
+    server = Rsyslog(tmp_path / "rsyslog", **options)
     try:
         yield server.start()
     finally:
         server.close()
+
+
+@pytest.fixture
+def rsyslog(tmp_path: Path) -> Iterator[Rsyslog]:
+    """A running rsyslog with every listener (UDP, TCP, TLS, RELP, Unix socket), killed at teardown."""
+    yield from running(tmp_path)

@@ -27,6 +27,7 @@ __all__ = ["Connection", "RelpLink", "StreamLink", "UdpLink"]
 
 # Linux: bytes in a TCP socket's send queue that the peer has not acknowledged (SIOCOUTQ == TIOCOUTQ)
 _OUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if sys.platform.startswith("linux") else None
+_TCP_ESTABLISHED = 1  # tcp_info.tcpi_state (linux/tcp_states.h)
 
 
 class Connection:
@@ -154,9 +155,23 @@ class StreamLink(Connection):
                 pass
         return min(self.written, self._sndbuf)
 
+    def _established(self) -> bool:
+        """False once the peer has closed or reset: its send queue then no longer says what arrived."""
+        if _OUTQ is None:
+            return True
+        try:
+            info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+        except OSError:
+            return False
+        return bool(info[0] == _TCP_ESTABLISHED)
+
     def confirm(self) -> int:
         if not self._window:
             return 0
+        if not self._established():
+            # after a reset the kernel empties the send queue: reading 0 there would call the
+            # unacknowledged messages delivered
+            raise ConnectionResetError("the server closed the connection")
         acknowledged = self.written - self._outq()
         confirmed = 0
         while self._window and self._window[0][0] <= acknowledged:
@@ -179,7 +194,6 @@ class StreamLink(Connection):
     def salvage(self) -> tuple[list[bytes], int, int]:
         # What the send queue still held when the connection broke may or may not have arrived;
         # resending it over plain TCP could duplicate it, so it is counted as possibly lost.
-        self.confirm()
         lost = len(self._window)
         self._window.clear()
         unsent, self._unsent = self._unsent, []

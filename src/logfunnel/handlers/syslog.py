@@ -264,12 +264,18 @@ class RFC5424Handler(logging.Handler):
             if self._closing and self._thread is None:
                 self.counts["dropped"] += 1
                 return
-            if len(self._buffer) >= self.capacity or self._buffered_bytes + len(message) > self.max_bytes:
+            # the batch the sender holds counts against the bound too: it goes back on a failure
+            held = self._sending
+            if (
+                len(self._buffer) + held >= self.capacity
+                or self._buffered_bytes + len(message) > self.max_bytes
+            ):
                 if self.when_full == "drop_newest" or not self._buffer:
                     self.counts["dropped"] += 1
                     return
                 while self._buffer and (
-                    len(self._buffer) >= self.capacity or self._buffered_bytes + len(message) > self.max_bytes
+                    len(self._buffer) + held >= self.capacity
+                    or self._buffered_bytes + len(message) > self.max_bytes
                 ):
                     self._buffered_bytes -= len(self._buffer.popleft())
                     self.counts["dropped"] += 1
@@ -317,10 +323,12 @@ class RFC5424Handler(logging.Handler):
                 with self._cond:
                     self._link = link
                     self.counts["connects"] += 1
+            written = False
             try:
                 if link.broken():
                     raise ConnectionResetError("the server closed the connection")
                 if batch:
+                    written = True
                     link.send(batch)
                 with self._cond:
                     self._sending = 0
@@ -333,7 +341,7 @@ class RFC5424Handler(logging.Handler):
                         if not self._buffer and not self._closing:
                             self._cond.wait(CONFIRM_POLL)
             except Exception as exc:
-                self._broken(link, exc)
+                self._broken(link, exc, [] if written else batch)
         link = self._link
         if link is not None:
             link.close()
@@ -378,12 +386,13 @@ class RFC5424Handler(logging.Handler):
         )
         self._stop.wait(delay)
 
-    def _broken(self, link: Connection, exc: Exception) -> None:
+    def _broken(self, link: Connection, exc: Exception, unwritten: list[bytes]) -> None:
         try:
             link.close()
         except Exception:
             pass
         again, lost, retransmitted = link.salvage()
+        again += unwritten
         with self._cond:
             self._link = None
             self._unconfirmed = 0
