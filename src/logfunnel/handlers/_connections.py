@@ -245,8 +245,7 @@ class RelpLink(Connection):
                 self._failed = True
 
     def confirm(self) -> int:
-        if self._failed:
-            return 0
+        # also after a failure: acknowledgements read before it count (pending() stays exact)
         delivered = self.sent - len(self.conn.pending())
         confirmed, self.delivered = delivered - self.delivered, delivered
         return confirmed

@@ -391,6 +391,10 @@ class RFC5424Handler(logging.Handler):
             link.close()
         except Exception:
             pass
+        try:
+            confirmed = link.confirm()  # RELP: acknowledged before the failure; TCP: raises, none
+        except Exception:
+            confirmed = 0
         again, lost, retransmitted = link.salvage()
         again += unwritten
         with self._cond:
@@ -398,6 +402,7 @@ class RFC5424Handler(logging.Handler):
             self._unconfirmed = 0
             self._sending = 0
             self._put_back(again)
+            self.counts["handled"] += confirmed
             self.counts["possibly_lost"] += lost
             self.counts["retransmitted"] += retransmitted
             self.counts["retried"] += len(again)
