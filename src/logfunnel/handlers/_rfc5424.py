@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import socket
 import sys
+import time
 from collections.abc import Callable, Collection, Mapping
-from datetime import datetime, timezone
 from typing import Any
 
 __all__ = [
@@ -172,13 +173,27 @@ class Serialiser:
         self.sd_id = sd_id
         self.utc = utc
         self.bom = BOM if bom else b""
+        self._second: tuple[int, str, str] = (-1, "", "")
+        self._msgids: dict[str, str] = {}
         self._pris = {severity: f"<{facility * 8 + severity}>1 " for severity in range(8)}
 
     def timestamp(self, created: float) -> str:
-        """RFC 3339 with microseconds and the UTC offset (``Z`` when ``utc=True``)."""
-        if self.utc:
-            return datetime.fromtimestamp(created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        return datetime.fromtimestamp(created).astimezone().isoformat(timespec="microseconds")
+        """RFC 3339 with microseconds and the UTC offset (``Z`` when ``utc=True``), rounded as
+        ``datetime.fromtimestamp`` rounds; the date, time and offset are computed once per second."""
+        second = math.floor(created)
+        micro = round((created - second) * 1e6)
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        cached = self._second
+        if cached[0] != second:
+            tm = time.gmtime(second) if self.utc else time.localtime(second)
+            if self.utc:
+                offset = "Z"
+            else:
+                minutes = (tm.tm_gmtoff or 0) // 60
+                offset = "%s%02d:%02d" % ("-" if minutes < 0 else "+", abs(minutes) // 60, abs(minutes) % 60)
+            cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", tm), offset)
+        return "%s.%06d%s" % (cached[1], micro, cached[2])
 
     def structured_data(self, record: logging.LogRecord) -> str:
         """One SD-ELEMENT of the record's extras, or ``-`` when it has none."""
@@ -198,12 +213,18 @@ class Serialiser:
         if severity is None:
             severity = severity_for(record.levelno, self.severities)
         if self.msgid is None:
-            msgid = self.fixed_msgid or header_field(record.name, MAX_MSGID)
+            msgid = self.fixed_msgid or self._msgids.get(record.name, "")
+            if not msgid:
+                if len(self._msgids) > 10_000:  # logger names are few; never let them grow unbounded
+                    self._msgids.clear()
+                msgid = self._msgids[record.name] = header_field(record.name, MAX_MSGID)
         else:
             msgid = header_field(self.msgid(record), MAX_MSGID)
+        process = record.process
+        procid = str(process) if type(process) is int else header_field(process, MAX_PROCID)
         head = (
             f"{self._pris[severity]}{self.timestamp(record.created)} {self.hostname} {self.app_name} "
-            f"{header_field(record.process, MAX_PROCID)} {msgid} {self.structured_data(record)}"
+            f"{procid} {msgid} {self.structured_data(record)}"
         )
         # surrogates (from undecodable bytes) must not make a log call fail
         body = msg.encode("utf-8", "backslashreplace")
