@@ -79,7 +79,8 @@ def _quiet_tail(server: Rsyslog, expected: int, quiet: float = 2.0) -> float:
 
 def _count(server: Rsyslog) -> dict:
     messages = server.messages()
-    parsed = sum(1 for m in messages if RECORD.search(m["msg"]))
+    # the raw message: rsyslog takes the stdlib's first word ("request") for a syslog tag
+    parsed = sum(1 for m in messages if RECORD.search(m["raw"]))
     return {"received": len(messages), "parsed": parsed}
 
 

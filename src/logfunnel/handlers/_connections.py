@@ -186,10 +186,23 @@ class StreamLink(Connection):
             if not readable:
                 return False
             if self.tls:
-                return True  # a TLS close_notify or alert: the session is over either way
+                return self._tls_closed()
             return bool(self.sock.recv(4096, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b"")
         except (OSError, ValueError):
             return True
+
+    def _tls_closed(self) -> bool:
+        """Readable TLS: a close_notify or an alert ends the session; a TLS 1.3 session ticket does not."""
+        import ssl
+
+        timeout = self.sock.gettimeout()
+        self.sock.settimeout(0.0)
+        try:
+            return bool(self.sock.recv(4096) == b"")  # application data from a syslog server: ignored
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return False  # only handshake records (tickets) were there
+        finally:
+            self.sock.settimeout(timeout)
 
     def salvage(self) -> tuple[list[bytes], int, int]:
         # What the send queue still held when the connection broke may or may not have arrived;

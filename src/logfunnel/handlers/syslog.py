@@ -261,7 +261,7 @@ class RFC5424Handler(logging.Handler):
         """Append *message* to the buffer (or drop by ``when_full``), and wake the sender."""
         with self._cond:
             self.counts["emitted"] += 1
-            if self._closing and self._thread is None:
+            if self._closing:  # closed: nothing would send it
                 self.counts["dropped"] += 1
                 return
             # the batch the sender holds counts against the bound too: it goes back on a failure
