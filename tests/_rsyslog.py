@@ -355,7 +355,11 @@ class Rsyslog:
             return []
         out = []
         for line in data.split(b"\n")[:-1]:
-            message = json.loads(line.decode("utf-8", "surrogateescape"))
+            text = line.decode("utf-8", "surrogateescape")
+            try:
+                message = json.loads(text)
+            except ValueError:  # rsyslog cuts an over-long output line: keep it, marked
+                message = {"raw": text, "msg": "", "broken": True}
             message["header_timestamp"] = header_timestamp(message.get("raw", ""))
             out.append(message)
         return out
