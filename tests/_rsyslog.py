@@ -22,8 +22,10 @@ sent, cut from ``raw``; ``None`` when the message is not RFC 5424).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -43,6 +45,23 @@ from _need import need_module, need_program
 
 MODULE_DIR = "/usr/lib/x86_64-linux-gnu/rsyslog"
 INSTALL = "the Debian packages rsyslog rsyslog-relp rsyslog-gnutls"
+
+
+#: The most any file rsyslogd writes may grow to. A run once left an rsyslogd orphaned (its parent
+#: was killed) and something kept feeding it: it filled the disk (84 GB) and took every process on
+#: the machine down with it. Past this size the kernel kills rsyslogd (SIGXFSZ).
+MAX_OUTPUT_BYTES = 2 * 1024**3
+_PR_SET_PDEATHSIG = 1
+
+
+def _bound_child() -> None:
+    """In the rsyslogd child, before exec: die with the process that started it, and never write a
+    file past MAX_OUTPUT_BYTES."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_OUTPUT_BYTES, MAX_OUTPUT_BYTES))
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the fixture's own teardown still kills it
 
 
 @dataclass
@@ -259,6 +278,7 @@ class Rsyslog:
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    preexec_fn=_bound_child,
                 )
             if self._wait_listening(timeout):
                 self._started_once = True

@@ -220,7 +220,8 @@ def test_refusing_tcp_server_fails_at_construction(socktype):
 
 @pytest.mark.timeout(60)
 def test_refusing_unix_socket_fails_per_record(tmp_path, capsys):
-    """No socket at the path: construction succeeds, each record fails on stderr; nothing hangs."""
+    """No socket at the path: construction succeeds; behind the funnel the handler's lane retries each
+    record, and stop() reports the records it could not deliver; nothing hangs, nothing goes unsaid."""
     handler = logging.handlers.SysLogHandler(str(tmp_path / "nobody.sock"))
     with logfunnel.start_listener(handlers=[handler]) as listener:
         process = multiprocessing.get_context("fork").Process(target=_funnelled, args=(listener.queue,))
@@ -228,4 +229,7 @@ def test_refusing_unix_socket_fails_per_record(tmp_path, capsys):
         process.join(30)
         assert process.exitcode == 0
     handler.close()
-    assert capsys.readouterr().err.count("Logging error") >= 1
+    (lane,) = listener.stats()["lanes"]
+    assert lane["handled"] == 0
+    assert lane["failed"] + lane["undelivered"] == RECORDS
+    assert "kept failing" in capsys.readouterr().err

@@ -213,6 +213,7 @@ class Lane(UnlockedHandle, logging.Handler):
         self._cond = threading.Condition(threading.Lock())
         self._buffer: collections.deque[logging.LogRecord] = collections.deque()
         self._current: logging.LogRecord | None = None  # the record being handed to the target
+        self._backing_off: BaseException | None = None  # the failure a retry of _current waits out
         self._thread: threading.Thread | None = None
         self._ident: int | None = None
         self._failure: BaseException | None = None
@@ -377,7 +378,11 @@ class Lane(UnlockedHandle, logging.Handler):
                 return False
             self.retried += 1
             with self._cond:
-                self._cond.wait_for(lambda: self._abandon, self.retry.delay(attempt))
+                self._backing_off = failure
+                try:
+                    self._cond.wait_for(lambda: self._abandon, self.retry.delay(attempt))
+                finally:
+                    self._backing_off = None
                 if self._abandon:
                     return None
 
@@ -469,7 +474,13 @@ class Lane(UnlockedHandle, logging.Handler):
             self._cond.notify_all()
         if left:
             abandon_target(self.target)
-            stuck = " (it is stuck in the handler)" if self._current is not None else ""
+            failing = self._backing_off
+            if failing is not None:
+                stuck = f" (its target kept failing: {failing!r})"
+            elif self._current is not None:
+                stuck = " (it is stuck in the handler)"
+            else:
+                stuck = ""
             banner(
                 f"lane {self.name} could not deliver {left} records to {self.target!r} by its drain deadline"
                 f"{stuck}; they are lost and counted as undelivered"
