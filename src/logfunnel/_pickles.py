@@ -133,6 +133,8 @@ class _Decoder:
         return chunk
 
     def text_int(self) -> int:
+        if self.data.find(b"\n", self.pos, self.pos + MAX_INT_DIGITS + 4) < 0:
+            raise self.fail(f"an integer of more than {MAX_INT_DIGITS} digits, or without its newline")
         digits = self.line(MAX_INT_DIGITS + 3)
         if digits.endswith(b"L"):
             digits = digits[:-1]
@@ -256,7 +258,7 @@ class _Decoder:
             elif op == 0x95:  # FRAME: a hint for buffered readers, nothing to check but its length
                 (length,) = _U8.unpack(self.take(8))
                 if length > size - self.pos:
-                    raise self.fail(f"a frame of {length} bytes with {size - self.pos} left")
+                    raise self.fail(f"truncated: a frame of {length} bytes with {size - self.pos} left")
             elif op == 0x28:  # MARK
                 self.marks.append(self.stack)
                 self.stack = []

@@ -680,6 +680,11 @@ class LogReceiver:
     def _drain(self, selector: selectors.BaseSelector) -> None:
         # What had arrived when stop() was called: the bytes each connection holds now, and the
         # datagrams waiting. Peers that keep sending keep writing; what they write from now on is not ours.
+        if self._tcp is not None and self._accept_paused_until is None:
+            before = -1
+            while len(self._streams) != before and len(self._streams) < self.max_connections:
+                before = len(self._streams)  # connections still in the backlog hold records too
+                self._accept(selector)
         for stream in list(self._streams.values()):
             try:
                 raw = fcntl.ioctl(stream.sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
