@@ -8,6 +8,7 @@ import logging.handlers
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -342,3 +343,15 @@ def test_ipv6_loopback_is_accepted() -> None:
         pytest.skip(f"IPv6 loopback unavailable: {exc}")
     with receiver:
         assert receiver.tcp_address is not None and receiver.tcp_address[0] == "::1"
+
+
+@pytest.mark.timeout(60)
+def test_import_logfunnel_does_not_load_the_receiver() -> None:
+    """import logfunnel leaves _receiver and _pickles unloaded until start_receiver is first used."""
+    code = (
+        "import sys, logfunnel; loaded = {'logfunnel._receiver', 'logfunnel._pickles'} & set(sys.modules); "
+        "logfunnel.start_receiver; print(sorted(loaded), 'logfunnel._receiver' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(os.path.dirname(__file__)), "src")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert result.stdout.split() == ["[]", "True"], result.stderr
