@@ -216,6 +216,15 @@ def test_hostile_format_width_with_args_is_refused(setup: Setup) -> None:
 
 
 @pytest.mark.timeout(90)
+def test_a_width_of_a_million_digits_is_refused_without_converting_it(setup: Setup) -> None:
+    """A conversion whose width has a million digits is refused by its length (int() of it is slow)."""
+    with setup.connect() as sock:
+        sock.sendall(frame(pickle.dumps(record_dict("%" + "9" * 1_000_000 + "d", args=(1,)), 1)))
+        wait_for(lambda: setup.peer(sock)["reasons"].get("record") == 1)
+    setup.honest_all_arrived()
+
+
+@pytest.mark.timeout(90)
 def test_cheap_args_are_merged_into_the_message(setup: Setup) -> None:
     """A record with plain args and narrow conversions arrives merged, with args None."""
     with setup.connect() as sock:

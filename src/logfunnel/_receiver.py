@@ -111,7 +111,7 @@ def _merge(msg: str, args: object) -> str:
         if match.group("key") is not None:
             raise RecordRefused("msg uses a mapping key (%(name)s); only positional args are merged here")
         for part in (match.group("width"), match.group("precision")):
-            if part == b"*" or (part and int(part) > MAX_MERGE_WIDTH):
+            if part == b"*" or (part and (len(part) > 3 or int(part) > MAX_MERGE_WIDTH)):
                 raise RecordRefused(
                     f"msg has a conversion {match.group(0)[:40]!r} wider than {MAX_MERGE_WIDTH}: "
                     "the stdlib SocketHandler sends the message already merged"
