@@ -244,14 +244,49 @@ class _Decoder:
             self.start = self.pos
             op = data[self.pos]
             self.pos += 1
-            if op == 0x2E:  # STOP
+            # The opcodes of a record's pickle, most of them, first (protocol 1: BINPUT after each
+            # BINUNICODE; protocol 4: MEMOIZE after each SHORT_BINUNICODE).
+            # BINPUT and BINUNICODE inline when whole and valid (else through the checked helpers).
+            pos = self.pos
+            if op == 0x71 and pos < size and self.stack and len(self.memo) < MAX_OBJECTS:  # BINPUT
+                self.memo[data[pos]] = self.stack[-1]
+                self.pos = pos + 1
+            elif op == 0x71:
+                self.put(self.take(1)[0])
+            elif op == 0x58 or op == 0x8C:  # BINUNICODE, SHORT_BINUNICODE
+                if op == 0x58:
+                    length, start = (_U4.unpack_from(data, pos)[0] if pos + 4 <= size else -1), pos + 4
+                else:
+                    length, start = (data[pos] if pos < size else -1), pos + 1
+                if length >= 0 and start + length <= size:
+                    try:
+                        text = data[start : start + length].decode("utf-8", "surrogatepass")
+                    except UnicodeDecodeError as exc:
+                        raise self.fail(f"invalid UTF-8 ({exc.reason})") from None
+                    self.pos = start + length
+                    push(text)
+                else:
+                    raise self.fail(
+                        f"truncated: {max(length, 0)} bytes of text expected, {size - start} left"
+                    )
+            elif op == 0x94:  # MEMOIZE
+                self.put(len(self.memo))
+            elif op == 0x68:  # BINGET
+                self.get(self.take(1)[0])
+            elif op == 0x4E:  # NONE
+                push(None)
+            elif op == 0x4B:  # BININT1
+                push(self.take(1)[0])
+            elif op == 0x47:  # BINFLOAT
+                push(_F8.unpack(self.take(8))[0])
+            elif op == 0x2E:  # STOP
                 value = self.pop()
                 if self.pos != size:
                     raise self.fail(f"{size - self.pos} bytes after STOP")
                 if self.stack or self.marks:
                     raise self.fail("values left on the stack at STOP")
                 return value
-            if op == 0x80:  # PROTO
+            elif op == 0x80:  # PROTO
                 (proto,) = self.take(1)
                 if proto > 5:
                     raise self.fail(f"protocol {proto} (at most 5)")
@@ -262,14 +297,10 @@ class _Decoder:
             elif op == 0x28:  # MARK
                 self.marks.append(self.stack)
                 self.stack = []
-            elif op == 0x4E:  # NONE
-                push(None)
             elif op == 0x88:  # NEWTRUE
                 push(True)
             elif op == 0x89:  # NEWFALSE
                 push(False)
-            elif op == 0x4B:  # BININT1
-                push(self.take(1)[0])
             elif op == 0x4D:  # BININT2
                 push(_U2.unpack(self.take(2))[0])
             elif op == 0x4A:  # BININT
@@ -282,18 +313,12 @@ class _Decoder:
                 self.pos_line_bool()
             elif op == 0x4C:  # LONG (text)
                 push(self.text_int())
-            elif op == 0x47:  # BINFLOAT
-                push(_F8.unpack(self.take(8))[0])
             elif op == 0x46:  # FLOAT (text)
-                text = self.line(100)
+                number = self.line(100)
                 try:
-                    push(float(text))
+                    push(float(number))
                 except ValueError:
-                    raise self.fail(f"{text[:40]!r} is not a float") from None
-            elif op == 0x8C:  # SHORT_BINUNICODE
-                push(self.utf8(self.take(1)[0]))
-            elif op == 0x58:  # BINUNICODE
-                push(self.utf8(_U4.unpack(self.take(4))[0]))
+                    raise self.fail(f"{number[:40]!r} is not a float") from None
             elif op == 0x8D:  # BINUNICODE8
                 push(self.utf8(_U8.unpack(self.take(8))[0]))
             elif op == 0x56:  # UNICODE (text, raw-unicode-escape)
@@ -369,18 +394,12 @@ class _Decoder:
                 push(self.stack[-1])
             elif op == 0x67:  # GET
                 self.get(self.text_index())
-            elif op == 0x68:  # BINGET
-                self.get(self.take(1)[0])
             elif op == 0x6A:  # LONG_BINGET
                 self.get(_U4.unpack(self.take(4))[0])
             elif op == 0x70:  # PUT
                 self.put(self.text_index())
-            elif op == 0x71:  # BINPUT
-                self.put(self.take(1)[0])
             elif op == 0x72:  # LONG_BINPUT
                 self.put(_U4.unpack(self.take(4))[0])
-            elif op == 0x94:  # MEMOIZE
-                self.put(len(self.memo))
             elif op in _REFUSED:
                 raise self.fail("it would import or call code, which is never done")
             elif op in _UNSUPPORTED:
