@@ -24,6 +24,7 @@ __all__ = [
     "Lane",
     "LogListener",
     "LogManager",
+    "LogReceiver",
     "ManagerStartError",
     "QueueHandle",
     "Retry",
@@ -32,6 +33,7 @@ __all__ = [
     "inline",
     "install_worker_logging",
     "start_listener",
+    "start_receiver",
     "uninstall_worker_logging",
 ]
 
@@ -39,12 +41,20 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from . import handlers as handlers  # for type checkers; loaded lazily by __getattr__
+    from ._receiver import LogReceiver as LogReceiver
+    from ._receiver import start_receiver as start_receiver
+
+_LAZY = {"LogReceiver": "._receiver", "start_receiver": "._receiver"}  # name -> module, on first use
 
 
 def __getattr__(name: str) -> Any:
-    # ``logfunnel.handlers`` after a bare ``import logfunnel``, imported only when first used.
+    # ``logfunnel.handlers`` and the receiver after a bare ``import logfunnel``, imported when first used.
     if name == "handlers":
         import importlib
 
         return importlib.import_module(".handlers", __name__)
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'logfunnel' has no attribute {name!r}")
