@@ -91,6 +91,8 @@ class Dispatcher:
     ``QueueListener`` does. With *prerender* True (a listener on a socket, without seams) the plan
     asks workers to render the lines of plain formatters. *seam*, if given, is called for every
     record instead of ``handle_record`` (a ``LogListener`` subclass overriding ``handle``).
+    *find_logger* gives the logger a routed record goes to (``logging.getLogger``; a receiver of
+    foreign peers passes one that never creates a logger for a name a peer made up).
 
     Use: ``start()`` (returns the plan for workers), then ``dispatch(levels, lines, records)`` for
     batches or ``handle_record(record)`` for single records from any thread, then ``stop()``, which
@@ -105,8 +107,10 @@ class Dispatcher:
         respect_handler_level: bool = True,
         prerender: bool = False,
         seam: Callable[[logging.LogRecord], None] | None = None,
+        find_logger: Callable[[str], logging.Logger] = logging.getLogger,
     ) -> None:
         self.handlers = list(handlers or ())
+        self._find_logger = find_logger
         self.level = level
         self.respect_handler_level = respect_handler_level
         self.routed = not self.handlers
@@ -237,7 +241,7 @@ class Dispatcher:
         # Exactly what this process would do with the call that made the record: its logger's level
         # (and logging.disable), then Logger.handle (disabled, filters, propagate, handler levels,
         # lastResort), with a lane called in place of each handler that gets one.
-        logger = logging.getLogger(record.name)
+        logger = self._find_logger(record.name)
         if not logger.isEnabledFor(record.levelno):
             return
         if not _walks_itself(logger):

@@ -5,7 +5,8 @@ nothing else. A ``Lane`` takes a record in constant time (an append to a bounded
 counted drop when it is full) and hands it to its target on its own daemon thread, exactly as an
 inline call would (``target.handle(record)``: filters, formatter, lock). A record whose emit failed
 (the target called its ``handleError``, or raised) stays at the head and is tried again with
-back-off; once it gives up, the target's own ``handleError`` runs with the last failure.
+back-off; once it gives up, the target's own ``handleError`` runs with the last failure. A target
+whose ``handle`` raises is not retried: that is a bug in it, not an outage.
 
 Every lane reports ``lane_stats()`` and can be ``drain()``-ed (the lane protocol, shared with
 handlers that run their own sender thread). A lane stuck inside its target when it must stop is
@@ -362,8 +363,12 @@ class Lane(UnlockedHandle, logging.Handler):
             self._failure = None
             try:
                 self.target.handle(record)
-            except Exception as exc:  # a handle() that raises instead of calling handleError()
-                self._failure = exc
+            except Exception as exc:
+                # A handle() that raises instead of calling handleError() (the stdlib's handlers
+                # never do) has a bug, not an outage: retrying would hold the lane for the whole
+                # give_up_after on every record. It gets its handleError at once, counted failed.
+                self._give_up(record, exc)
+                return False
             failure = self._failure
             if failure is None:
                 return True

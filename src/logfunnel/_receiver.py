@@ -38,10 +38,11 @@ from typing import Any
 
 from . import _pickles, _serving
 from ._checks import check_handlers, check_level
+from ._dispatch import Dispatcher
 from ._handling import banner, flush_banners
 from ._transport import non_loopback
 
-__all__ = ["Delivery", "LogReceiver", "RecordRefused", "check_record", "start_receiver"]
+__all__ = ["LogReceiver", "RecordRefused", "check_record", "start_receiver"]
 
 MAX_FRAME = 1 << 20  # the default limit of one frame (one record's pickle)
 MAX_PEERS = 1000  # peers listed in stats(); the oldest finished ones are folded into the totals
@@ -167,45 +168,6 @@ def _pickles_repr(value: object) -> str:
 
 
 # -- delivering a record -------------------------------------------------------------------------------
-
-
-class Delivery:
-    """Where a received record goes: the one seam between receiving and handling (to be replaced by
-    the listener's dispatcher, with its lanes, once that exists).
-
-    With *handlers*, each handler whose level the record reaches (every one, without
-    *respect_handler_level*) gets ``handle(record)``; an exception from it goes to its
-    ``handleError``. Without, the record goes through this process's logging configuration, as in
-    the cookbook's socket server: its logger's level, then ``Logger.handle``. So that a peer cannot
-    create a logger per name it makes up (they are never freed), a name with no logger of its own is
-    handled by its nearest existing ancestor, which is what its new logger would have done.
-    """
-
-    def __init__(
-        self,
-        handlers: Iterable[logging.Handler] | None,
-        level: int = logging.NOTSET,
-        respect_handler_level: bool = True,
-    ) -> None:
-        self.handlers = list(handlers or ())
-        self.level = level
-        self.respect_handler_level = respect_handler_level
-
-    def __call__(self, record: logging.LogRecord) -> None:
-        if record.levelno < self.level:
-            return
-        if not self.handlers:
-            logger = _existing_logger(record.name)
-            if logger.isEnabledFor(record.levelno):
-                logger.handle(record)
-            return
-        for handler in self.handlers:
-            if self.respect_handler_level and record.levelno < handler.level:
-                continue
-            try:
-                handler.handle(record)
-            except Exception:
-                handler.handleError(record)
 
 
 def _existing_logger(name: str) -> logging.Logger:
@@ -369,8 +331,16 @@ class LogReceiver:
             )
         tcp_at = None if tcp is None else parse_host_port(tcp, "tcp", caller, allow_remote)
         udp_at = None if udp is None else parse_host_port(udp, "udp", caller, allow_remote)
-        #: Where a received record goes (the seam for the listener's dispatcher).
-        self.deliver: Callable[[logging.LogRecord], None] = Delivery(checked, level, respect_handler_level)
+        # Where a received record goes: the listener's own dispatcher, so network handlers get lanes
+        # of their own here too; routed by name (handlers=None), a name no logger has yet goes to its
+        # nearest existing ancestor, so a peer cannot make this process create a logger per name.
+        self._dispatcher = Dispatcher(
+            checked or None,
+            level=level,
+            respect_handler_level=respect_handler_level,
+            find_logger=_existing_logger,
+        )
+        self.deliver: Callable[[logging.LogRecord], None] = self._dispatcher.handle_record
         self.max_frame = max_frame
         self.frame_timeout = frame_timeout
         self.max_connections = max_connections
@@ -402,6 +372,7 @@ class LogReceiver:
 
     def start(self) -> LogReceiver:
         if self._state == "new":
+            self._dispatcher.start()
             self._thread = threading.Thread(target=self._serve, name="logfunnel-receiver", daemon=True)
             self._state = "running"
             self._thread.start()
@@ -423,8 +394,11 @@ class LogReceiver:
             if self._thread.is_alive():
                 banner(f"the log receiver did not finish handling what it had received within {timeout} s")
                 self._state = "abandoned"
+                self._dispatcher.stop()
                 return  # its thread still uses the sockets; it closes them when it is done
         self._close_sockets()
+        if started:
+            self._dispatcher.stop()  # drains every lane within its own deadline, reports the rest
         self._state = "stopped"
 
     def __enter__(self) -> LogReceiver:
@@ -453,6 +427,7 @@ class LogReceiver:
                 "reasons": dict(self._reasons),
                 "peers": [peer.as_dict() for peer in self._peers.values()],
                 "peers_folded": self._totals["peers_folded"],
+                "lanes": self._dispatcher.lane_stats(),
             }
 
     # -- accounting -----------------------------------------------------------------------------------
