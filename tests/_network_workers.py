@@ -120,3 +120,91 @@ def run_workers(method: str, target: Any, args_list: list[tuple[Any, ...]], time
                 process.join(5)
     codes = [process.exitcode for process in processes]
     assert codes == [0] * len(processes), f"worker exit codes {codes}"
+
+
+# -- the buffering and local handlers ------------------------------------------------------------------
+
+#: One line per record start, so that a file written by several processes splits into records again
+#: (tracebacks and stacks follow on lines of their own).
+ENTRY_FORMAT = "%(process)d %(created).6f rec %(levelname)s %(name)s %(funcName)s:%(lineno)d %(message)s"
+
+
+def entry_formatter() -> logging.Formatter:
+    return logging.Formatter(ENTRY_FORMAT)
+
+
+def make_local_handler(kind: str, *args: Any) -> logging.Handler:
+    """The handler a worker configures itself: ("memory", path, capacity, flush_level, flush_on_close),
+    ("queue", a multiprocessing queue), ("buffering", capacity), ("watched", path)."""
+    if kind == "memory":
+        path, capacity, flush_level, flush_on_close = args
+        target = logging.FileHandler(path, encoding="utf-8")
+        target.setFormatter(entry_formatter())
+        return logging.handlers.MemoryHandler(capacity, flush_level, target, flushOnClose=flush_on_close)
+    if kind == "queue":
+        return logging.handlers.QueueHandler(args[0])
+    if kind == "buffering":
+        return logging.handlers.BufferingHandler(args[0])
+    if kind == "watched":
+        handler = logging.handlers.WatchedFileHandler(args[0], encoding="utf-8")
+        handler.setFormatter(entry_formatter())
+        return handler
+    raise ValueError(
+        f"make_local_handler() expected 'memory', 'queue', 'buffering' or 'watched', got {kind!r}"
+    )
+
+
+def _plain(state: dict[str, Any]) -> dict[str, Any]:
+    """A record's attribute dict that pickles (a traceback does not: exc_info is shown by its type)."""
+    state = dict(state)
+    if state.get("exc_info"):
+        state["exc_info"] = repr(state["exc_info"][1])
+    return state
+
+
+def log_with_local(handle: object, spec: tuple[Any, ...], worker_id: object, back: Any = None) -> int:
+    """Join the listener and also log to a local handler built from *spec* (``make_local_handler``).
+
+    A BufferingHandler's records are put on *back* (attribute dicts) before the process ends.
+    """
+    logfunnel.install_worker_logging(handle)
+    local = make_local_handler(*spec)
+    root = logging.getLogger()
+    root.addHandler(local)
+    try:
+        count = emit_every_kind(logging.getLogger("app.local"), worker_id)
+    finally:
+        root.removeHandler(local)
+        if back is not None and isinstance(local, logging.handlers.BufferingHandler):
+            back.put([_plain(record.__dict__) for record in local.buffer])
+        local.close()
+    logfunnel.flush_worker_logging(10)
+    return count
+
+
+def log_around_a_move(handle: object, path: str, worker_id: object, logged: Any, moved: Any) -> None:
+    """Log, set *logged*, wait for *moved* (the files moved away, as logrotate does), log again."""
+    logfunnel.install_worker_logging(handle)
+    local = make_local_handler("watched", path)
+    root = logging.getLogger()
+    root.addHandler(local)
+    log = logging.getLogger("app.watched")
+    for i in range(5):
+        log.info("w=%s before the move i=%d", worker_id, i)
+    logfunnel.flush_worker_logging(10)
+    logged.set()
+    if not moved.wait(30):
+        raise RuntimeError("the parent never moved the files")
+    emit_every_kind(log, worker_id)
+    root.removeHandler(local)
+    local.close()
+    logfunnel.flush_worker_logging(10)
+
+
+def log_levels(handle: object, levels: list[int], worker_id: object) -> None:
+    """Join the listener and log one record at each of *levels*."""
+    logfunnel.install_worker_logging(handle)
+    log = logging.getLogger("app.levels")
+    for i, level in enumerate(levels):
+        log.log(level, "w=%s i=%d", worker_id, i)
+    logfunnel.flush_worker_logging(10)
