@@ -208,3 +208,30 @@ def log_levels(handle: object, levels: list[int], worker_id: object) -> None:
     for i, level in enumerate(levels):
         log.log(level, "w=%s i=%d", worker_id, i)
     logfunnel.flush_worker_logging(10)
+
+
+#: Extras whose types a JSON round trip would lose (tuples, sets, bytes, non-string keys).
+CONTAINER_EXTRAS: dict[str, Any] = {
+    "point": (1, 2.5),
+    "path": [("a", 1), {"k": (2, (3,))}],
+    "by_id": {1: "x", 2: [1], None: True, 2.5: ()},
+    "tags": {"red", "blue"},
+    "frozen": frozenset({1, 2}),
+    "raw": b"\x00\xff bytes",
+    "nul_key": {"\x00t": [1]},
+    "empty": ((), [], {}, set()),
+}
+
+
+def log_container_extras(handle: object, kind: str, local_address: tuple[str, int]) -> None:
+    """Join the listener and log one record per CONTAINER_EXTRAS item, also to a local handler."""
+    logfunnel.install_worker_logging(handle)
+    local = make_handler(kind, local_address)
+    root = logging.getLogger()
+    root.addHandler(local)
+    log = logging.getLogger("app.extras")
+    for key, value in CONTAINER_EXTRAS.items():
+        log.info("extra %s", key, extra={key: value})
+    root.removeHandler(local)
+    local.close()
+    logfunnel.flush_worker_logging(10)

@@ -13,7 +13,15 @@ import pytest
 import logfunnel
 from _need import need_module
 from _netservers import DatagramServer, HTTPServer, RecordServer, SMTPServer
-from _network_workers import RECIPIENTS, SENDER, log_both_ways, make_handler, run_workers
+from _network_workers import (
+    CONTAINER_EXTRAS,
+    RECIPIENTS,
+    SENDER,
+    log_both_ways,
+    log_container_extras,
+    make_handler,
+    run_workers,
+)
 
 WORKERS = 3
 PER_WORKER = 7  # records emit_every_kind() logs
@@ -214,3 +222,54 @@ def test_smtp_handler_with_starttls_and_credentials_sends_what_it_sends_from_the
     assert len(expected) == TOTAL
     assert _mails(got) == _mails(expected)
     assert all(m.tls and m.login == CREDENTIALS[0] for m in got)
+
+
+# -- extras that are containers ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_tuple_set_bytes_and_int_key_extras_keep_their_types_across_the_wire(method):
+    """Fixed: tuples arrived as lists, int keys as strings, sets and bytes as their repr; now the
+    SocketHandler behind the funnel pickles the same values the worker's own does."""
+    with RecordServer() as remote, RecordServer() as local:
+        handler = make_handler("socket", remote.address)
+        with logfunnel.start_listener(handlers=[handler]) as listener:
+            run_workers(method, log_container_extras, [(listener.queue, "socket", local.address)])
+        count = len(CONTAINER_EXTRAS)
+        expected, got = _by_record(local.wait_for(count)), _by_record(remote.wait_for(count))
+        handler.close()
+    assert len(expected) == count and not remote.errors
+    assert got == expected
+    for state in got:
+        key = state["msg"].split()[-1]
+        assert repr(state[key]) == repr(CONTAINER_EXTRAS[key])  # the same types all the way down
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"\\u0000s":[[1,2]]}',  # a set member that is a list
+        b'{"\\u0000s":[{"\\u0000t":[1]}]}',  # a tuple in a set: its hash could be made to collide
+        b'{"\\u0000d":[[[1],2]]}',  # a dict key that is a list
+        b'{"\\u0000d":[[1,2,3]]}',  # not a pair
+        b'{"\\u0000d":[[18446744073709551616,1]]}',  # an int key beyond 64 bits
+        b'{"\\u0000b":"\\u0100"}',  # bytes beyond latin-1
+        b'{"\\u0000x":[]}',  # an unknown tag
+    ],
+    ids=[
+        "list-in-set",
+        "tuple-in-set",
+        "list-key",
+        "not-a-pair",
+        "huge-int-key",
+        "wide-bytes",
+        "unknown-tag",
+    ],
+)
+def test_nested_values_that_nest_cannot_make_are_refused(text):
+    """A peer's tagged JSON that no worker makes is a ValueError (the batch is refused), never a value."""
+    from logfunnel import _wire
+
+    with pytest.raises(ValueError, match=r"plain scalar|pair|unknown or malformed|latin-1|codec"):
+        _wire.unnest(text)
