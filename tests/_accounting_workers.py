@@ -16,6 +16,7 @@ class Tally(logging.Handler):
 
     def __init__(self, stall: float = 0.0) -> None:
         super().__init__()
+        logfunnel.inline(self)  # its stall must stall the listener itself, not a lane of its own
         self.stall = stall  # seconds to sleep on the first record named "stall"
         self.per_pid: dict[int, int] = {}
         self.warnings: list[str] = []

@@ -62,6 +62,7 @@ class _BlockingHandler(logging.Handler):
 
     def __init__(self, delay: float) -> None:
         super().__init__()
+        logfunnel.inline(self)  # its stall must stall the listener itself, not a lane of its own
         self.delay = delay
         self.count = 0
         self.warnings: list[str] = []

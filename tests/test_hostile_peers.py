@@ -20,6 +20,7 @@ import pytest
 import logfunnel
 import logfunnel._serving
 import logfunnel.listener
+from _funnel import FileFunnel
 from _workers import closed_by_listener
 from logfunnel import _transport, _wire
 
@@ -32,40 +33,13 @@ N = 200  # records per good batch
 # -- a listener writing to a file -----------------------------------------------------------------------
 
 
-class Funnel:
-    def __init__(self, path: Path, address: str | None) -> None:
-        self.path = path
-        self.handler = logging.FileHandler(path, encoding="utf-8")
-        self.handler.setFormatter(logging.Formatter(FORMAT))
-        self.listener = logfunnel.start_listener(handlers=[self.handler], address=address)
-
-    @property
-    def queue(self) -> _transport.QueueHandle:
-        return self.listener.queue
-
-    def stop(self) -> None:
-        try:
-            self.listener.stop()
-        finally:
-            self.handler.close()
-
-    def lines(self) -> list[str]:
-        return self.path.read_text(encoding="utf-8").splitlines()
-
-    def process(self, name: str) -> dict[str, Any]:
-        """The listener's figures for the worker called *name* (an empty dict until it has connected)."""
-        found = [p for p in self.listener.stats()["processes"] if p["name"] == name]
-        assert len(found) <= 1
-        return found[0] if found else {}
-
-
 @pytest.fixture(params=[None, "tcp://127.0.0.1:0"], ids=["unix", "tcp"])
-def start_funnel(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Funnel]]:
+def start_funnel(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], FileFunnel]]:
     """Start a listener (on the default private Unix socket, or on loopback TCP); stopped at teardown."""
-    started: list[Funnel] = []
+    started: list[FileFunnel] = []
 
-    def start() -> Funnel:
-        started.append(Funnel(tmp_path / "out.log", request.param))
+    def start() -> FileFunnel:
+        started.append(FileFunnel(tmp_path / "out.log", FORMAT, address=request.param))
         return started[-1]
 
     try:
@@ -131,7 +105,7 @@ class GoodWorker:
 # -- hostile peers --------------------------------------------------------------------------------------
 
 
-def _raw(funnel: Funnel) -> socket.socket:
+def _raw(funnel: FileFunnel) -> socket.socket:
     family, sockaddr = _transport.parse_address(funnel.queue.address)
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.settimeout(15)
@@ -139,7 +113,7 @@ def _raw(funnel: Funnel) -> socket.socket:
     return sock
 
 
-def _greeted(funnel: Funnel) -> tuple[socket.socket, bytes]:
+def _greeted(funnel: FileFunnel) -> tuple[socket.socket, bytes]:
     sock = _raw(funnel)
     greeting = _transport.recv_frame(sock)
     assert greeting.startswith(_transport.GREETING)
@@ -160,7 +134,7 @@ class _System:
         return (os.system, (self.command,))
 
 
-def _authenticated(funnel: Funnel, *frames: bytes) -> socket.socket:
+def _authenticated(funnel: FileFunnel, *frames: bytes) -> socket.socket:
     sock, _ = _transport.connect(funnel.queue, (4_000_002, "hostile", os.urandom(8), 1))
     sock.settimeout(15)
     sock.sendall(b"".join(frames))
@@ -185,22 +159,22 @@ _NOT_A_MESSAGE = r"not a message: expected an array that starts with its kind"
 _PRE_AUTH = "a peer"
 _POST_AUTH = "process 4000002"
 
-Attack = Callable[[Funnel, Path], socket.socket]
+Attack = Callable[[FileFunnel, Path], socket.socket]
 
 
-def _garbage(funnel: Funnel, marker: Path) -> socket.socket:
+def _garbage(funnel: FileFunnel, marker: Path) -> socket.socket:
     sock = _raw(funnel)
     sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
     return sock
 
 
-def _wrong_key(funnel: Funnel, marker: Path) -> socket.socket:
+def _wrong_key(funnel: FileFunnel, marker: Path) -> socket.socket:
     sock, challenge = _greeted(funnel)
     sock.sendall(_wire.frame(_transport.answer(b"a guessed key", challenge) + os.urandom(32) + _hello()))
     return sock
 
 
-def _replayed_digest(funnel: Funnel, marker: Path) -> socket.socket:
+def _replayed_digest(funnel: FileFunnel, marker: Path) -> socket.socket:
     # A digest that was right for another connection's challenge is worthless for this one.
     other, other_challenge = _greeted(funnel)
     other.close()
@@ -211,43 +185,43 @@ def _replayed_digest(funnel: Funnel, marker: Path) -> socket.socket:
     return sock
 
 
-def _huge_prefix(funnel: Funnel, marker: Path) -> socket.socket:
+def _huge_prefix(funnel: FileFunnel, marker: Path) -> socket.socket:
     sock = _raw(funnel)
     sock.sendall(b"\xff\xff\xff\xff")
     return sock
 
 
-def _oversized_handshake(funnel: Funnel, marker: Path) -> socket.socket:
+def _oversized_handshake(funnel: FileFunnel, marker: Path) -> socket.socket:
     sock = _raw(funnel)
     sock.sendall(_wire.HEADER.pack(64 * 1024 + 1) + b"x" * 1000)
     return sock
 
 
-def _short_reply(funnel: Funnel, marker: Path) -> socket.socket:
+def _short_reply(funnel: FileFunnel, marker: Path) -> socket.socket:
     sock, _ = _greeted(funnel)
     sock.sendall(_wire.frame(b"hello?"))
     return sock
 
 
-def _malformed_hello(funnel: Funnel, marker: Path) -> socket.socket:
+def _malformed_hello(funnel: FileFunnel, marker: Path) -> socket.socket:
     sock, challenge = _greeted(funnel)
     hello = _wire.encode(("pid", "name", b"x", 1))
     sock.sendall(_wire.frame(_transport.answer(funnel.queue.authkey, challenge) + os.urandom(32) + hello))
     return sock
 
 
-def _global_in_hello(funnel: Funnel, marker: Path) -> socket.socket:
+def _global_in_hello(funnel: FileFunnel, marker: Path) -> socket.socket:
     sock, challenge = _greeted(funnel)
     evil = pickle.dumps(_System(f"touch {marker}"))
     sock.sendall(_wire.frame(_transport.answer(funnel.queue.authkey, challenge) + os.urandom(32) + evil))
     return sock
 
 
-def _global_after_auth(funnel: Funnel, marker: Path) -> socket.socket:
+def _global_after_auth(funnel: FileFunnel, marker: Path) -> socket.socket:
     return _authenticated(funnel, _raw_pickle(_System(f"touch {marker}")))
 
 
-def _global_inside_a_batch(funnel: Funnel, marker: Path) -> socket.socket:
+def _global_inside_a_batch(funnel: FileFunnel, marker: Path) -> socket.socket:
     evil = (
         _wire.BATCH,
         1,
@@ -261,11 +235,11 @@ def _global_inside_a_batch(funnel: Funnel, marker: Path) -> socket.socket:
     return _authenticated(funnel, _raw_pickle(evil))
 
 
-def _huge_prefix_after_auth(funnel: Funnel, marker: Path) -> socket.socket:
+def _huge_prefix_after_auth(funnel: FileFunnel, marker: Path) -> socket.socket:
     return _authenticated(funnel, b"\xff\xff\xff\xff")
 
 
-def _garbage_after_auth(funnel: Funnel, marker: Path) -> socket.socket:
+def _garbage_after_auth(funnel: FileFunnel, marker: Path) -> socket.socket:
     return _authenticated(funnel, _wire.frame(b'{"json": true}'))
 
 
@@ -366,9 +340,9 @@ def _closing_lines(err: str) -> list[str]:
 
 
 def _check_survives(
-    start_funnel: Callable[[], Funnel],
+    start_funnel: Callable[[], FileFunnel],
     capfd: pytest.CaptureFixture[str],
-    attack: Callable[[Funnel], socket.socket],
+    attack: Callable[[FileFunnel], socket.socket],
     who: str,
     reason: str,
 ) -> None:
@@ -408,7 +382,7 @@ def _check_survives(
 
 @pytest.mark.parametrize("name", list(ATTACKS))
 def test_hostile_peer_is_closed_without_harming_a_good_worker(
-    start_funnel: Callable[[], Funnel], capfd: pytest.CaptureFixture[str], tmp_path: Path, name: str
+    start_funnel: Callable[[], FileFunnel], capfd: pytest.CaptureFixture[str], tmp_path: Path, name: str
 ) -> None:
     """The hostile peer is closed, counted and named; nothing runs; no good record is lost or delayed."""
     attack, who, reason = ATTACKS[name]
@@ -419,7 +393,7 @@ def test_hostile_peer_is_closed_without_harming_a_good_worker(
 
 @pytest.mark.parametrize("name", list(MALFORMED))
 def test_malformed_message_after_auth_closes_only_that_peer(
-    start_funnel: Callable[[], Funnel], capfd: pytest.CaptureFixture[str], name: str
+    start_funnel: Callable[[], FileFunnel], capfd: pytest.CaptureFixture[str], name: str
 ) -> None:
     """An authenticated peer that sends a well-pickled but malformed message is closed, nobody else."""
     frames, reason = MALFORMED[name]
@@ -440,21 +414,21 @@ def _still_open(sock: socket.socket) -> bool:
         sock.settimeout(timeout)
 
 
-def _silent(funnel: Funnel) -> socket.socket:
+def _silent(funnel: FileFunnel) -> socket.socket:
     return _raw(funnel)
 
 
-def _greeted_then_silent(funnel: Funnel) -> socket.socket:
+def _greeted_then_silent(funnel: FileFunnel) -> socket.socket:
     return _greeted(funnel)[0]
 
 
-def _half_a_header(funnel: Funnel) -> socket.socket:
+def _half_a_header(funnel: FileFunnel) -> socket.socket:
     sock = _raw(funnel)
     sock.sendall(b"\x00\x00")
     return sock
 
 
-def _half_a_handshake(funnel: Funnel) -> socket.socket:
+def _half_a_handshake(funnel: FileFunnel) -> socket.socket:
     sock, challenge = _greeted(funnel)
     reply = _wire.frame(_transport.answer(funnel.queue.authkey, challenge) + os.urandom(32) + _hello())
     sock.sendall(reply[:-5])  # all but the last bytes: the listener must not wait for them
@@ -471,7 +445,7 @@ STALLERS = {
 
 @pytest.mark.parametrize("name", list(STALLERS))
 def test_a_stalled_peer_does_not_stall_the_others(
-    start_funnel: Callable[[], Funnel], monkeypatch: pytest.MonkeyPatch, name: str
+    start_funnel: Callable[[], FileFunnel], monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     """While a peer sits mid-handshake, other workers connect and deliver everything."""
     monkeypatch.setattr(logfunnel._serving, "HANDSHAKE_TIMEOUT", 3600.0)  # the staller outlives the test
@@ -500,7 +474,7 @@ def test_a_stalled_peer_does_not_stall_the_others(
 
 @pytest.mark.parametrize("name", list(STALLERS))
 def test_a_stalled_peer_is_closed_after_the_handshake_timeout(
-    start_funnel: Callable[[], Funnel],
+    start_funnel: Callable[[], FileFunnel],
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
     name: str,
@@ -511,7 +485,7 @@ def test_a_stalled_peer_is_closed_after_the_handshake_timeout(
 
 
 def test_an_authenticated_peer_is_not_timed_out(
-    start_funnel: Callable[[], Funnel], monkeypatch: pytest.MonkeyPatch
+    start_funnel: Callable[[], FileFunnel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The handshake timeout applies to the handshake only: an idle worker keeps its connection."""
     monkeypatch.setattr(logfunnel._serving, "HANDSHAKE_TIMEOUT", 0.5)
@@ -535,7 +509,7 @@ def test_an_authenticated_peer_is_not_timed_out(
 
 
 def test_a_peer_that_hangs_up_before_the_handshake_is_not_a_rejection(
-    start_funnel: Callable[[], Funnel],
+    start_funnel: Callable[[], FileFunnel],
 ) -> None:
     """A peer that connects and closes (a port probe, a dead worker) ends quietly, not as a rejection."""
     funnel = start_funnel()
@@ -562,7 +536,7 @@ def _child(handle: _transport.QueueHandle, count: int) -> None:
 
 
 def test_a_real_worker_delivers_everything_while_under_attack(
-    start_funnel: Callable[[], Funnel], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    start_funnel: Callable[[], FileFunnel], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A forked worker using install_worker_logging loses nothing while hostile peers come and go."""
     monkeypatch.setattr(logfunnel._serving, "HANDSHAKE_TIMEOUT", 3600.0)

@@ -547,7 +547,8 @@ def test_stats_manager_backlog_is_named_backlog_as_documented(tmp_path):
     """stats()["manager"] has "backlog" (bytes received, not yet handled), as the README promises."""
     with logfunnel.LogManager([logging.NullHandler()]) as manager:
         health = manager.stats()["manager"]
-    assert sorted(health) == ["backlog", "cpu_percent", "handlers", "pid", "records_per_second", "rss"]
+    expected = ["backlog", "cpu_percent", "handlers", "lanes", "pid", "records_per_second", "rss"]
+    assert sorted(health) == expected
     assert health["backlog"] == 0
 
 

@@ -5,7 +5,6 @@ the failure from the field that it prevents."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import socket
@@ -20,6 +19,7 @@ import psutil
 import pytest
 
 import logfunnel
+from _funnel import FileFunnel
 from _workers import closed_by_listener
 from logfunnel import _checks, _handling, _serving, _transport, _wire
 
@@ -131,32 +131,12 @@ def _cpu(process: psutil.Process) -> float:
 # -- a listener in this process, writing to a file ------------------------------------------------------
 
 
-class Funnel:
-    def __init__(self, path: Path, **options: Any) -> None:
-        self.path = path
-        self.handler = logging.FileHandler(path, encoding="utf-8")
-        self.handler.setFormatter(logging.Formatter("%(message)s"))
-        self.listener = logfunnel.start_listener(handlers=[self.handler], **options)
-
-    def stop(self) -> None:
-        try:
-            self.listener.stop()
-        finally:
-            self.handler.close()
-
-    def lines(self) -> list[str]:
-        return self.path.read_text(encoding="utf-8").splitlines()
-
-    def rejected(self) -> int:
-        return int(self.listener.stats()["rejected"])
-
-
 @pytest.fixture
-def start_funnel(tmp_path: Path) -> Iterator[Callable[..., Funnel]]:
-    started: list[Funnel] = []
+def start_funnel(tmp_path: Path) -> Iterator[Callable[..., FileFunnel]]:
+    started: list[FileFunnel] = []
 
-    def start(**options: Any) -> Funnel:
-        started.append(Funnel(tmp_path / f"out{len(started)}.log", **options))
+    def start(**options: Any) -> FileFunnel:
+        started.append(FileFunnel(tmp_path / f"out{len(started)}.log", **options))
         return started[-1]
 
     try:
@@ -302,7 +282,9 @@ def test_emfile_with_nothing_to_give_up_backs_off(
 
 
 def test_idle_unauthenticated_connections_are_capped(
-    start_funnel: Callable[..., Funnel], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    start_funnel: Callable[..., FileFunnel],
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     """Beyond MAX_PENDING connections waiting to authenticate, the oldest is closed and counted; the
     newest stay, and a worker still connects and delivers everything."""
@@ -341,7 +323,7 @@ def test_idle_unauthenticated_connections_are_capped(
 # -- a frame begun and never finished ---------------------------------------------------------------------
 
 
-def _authenticated(funnel: Funnel, pid: int) -> tuple[socket.socket, dict[str, Any]]:
+def _authenticated(funnel: FileFunnel, pid: int) -> tuple[socket.socket, dict[str, Any]]:
     sock, plan = _transport.connect(funnel.listener.queue, (pid, f"peer-{pid}", os.urandom(8), 1))
     sock.settimeout(15)
     return sock, plan
@@ -352,7 +334,9 @@ def _empty_batch(plan: dict[str, Any]) -> bytes:
 
 
 def test_peer_stalled_mid_frame_is_dropped_after_deadline(
-    start_funnel: Callable[..., Funnel], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    start_funnel: Callable[..., FileFunnel],
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     """An authenticated peer that begins a frame and stalls is closed once FRAME_TIMEOUT has passed,
     counted, and its process marked vanished; an idle authenticated worker is not."""
@@ -379,7 +363,7 @@ def test_peer_stalled_mid_frame_is_dropped_after_deadline(
 
 
 def test_a_peer_that_keeps_finishing_its_frames_is_not_dropped(
-    start_funnel: Callable[..., Funnel], monkeypatch: pytest.MonkeyPatch
+    start_funnel: Callable[..., FileFunnel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The deadline is per frame: a peer whose buffer always holds the start of its next frame, but
     that finishes each one in time, keeps its connection however long it goes on."""
@@ -483,7 +467,7 @@ _WARNING = (
 
 
 def test_remote_bind_with_opt_in_warns(
-    start_funnel: Callable[..., Funnel], capfd: pytest.CaptureFixture[str]
+    start_funnel: Callable[..., FileFunnel], capfd: pytest.CaptureFixture[str]
 ) -> None:
     """With allow_remote=True the listener binds every interface, says so on stderr, and serves."""
     funnel = start_funnel(address="tcp://0.0.0.0:0", allow_remote=True)

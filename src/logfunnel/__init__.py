@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._lanes import Lane, Retry, inline
 from ._transport import QueueHandle
 from .listener import LogListener, start_listener
 from .manager import LogManager, ManagerStartError
@@ -20,12 +21,15 @@ from .worker import FunnelHandler, flush_worker_logging, install_worker_logging,
 
 __all__ = [
     "FunnelHandler",
+    "Lane",
     "LogListener",
     "LogManager",
     "ManagerStartError",
     "QueueHandle",
+    "Retry",
     "__version__",
     "flush_worker_logging",
+    "inline",
     "install_worker_logging",
     "start_listener",
     "uninstall_worker_logging",

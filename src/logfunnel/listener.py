@@ -2,9 +2,9 @@
 
 One thread serves every worker connection through a selector: it authenticates each peer, reads
 frames, decodes them with an unpickler that refuses every global, keeps per-process accounting and
-hands the records to the handlers. Plain ``StreamHandler``/``FileHandler`` objects with a plain
-``Formatter`` get the lines the workers already rendered, written batch by batch; every other handler
-gets whole ``LogRecord`` objects, as from the standard library's ``QueueListener``.
+hands the records to its ``Dispatcher`` (``_dispatch``: where a record goes after it is decoded, local
+files inline and every network handler on a lane of its own). This module is the life cycle and the
+wiring.
 
 Given a ``multiprocessing`` queue instead, a ``LogListener`` reads it like ``QueueListener`` does.
 """
@@ -27,6 +27,7 @@ from typing import Any
 
 from . import _counts, _wire, worker
 from ._checks import check_address, check_handlers, check_level
+from ._dispatch import Dispatcher, _write_lines
 from ._handling import banner
 from ._serving import SocketServing, _Connection, _Process
 from ._transport import (
@@ -36,12 +37,8 @@ from ._transport import (
     publish,
     withdraw,
 )
-from .handlers._disk import losses_of, write_lines
 
 __all__ = ["LogListener", "start_listener"]
-
-_FAST_TYPES = (logging.StreamHandler, logging.FileHandler)
-
 
 #: How long a listener left running drains at interpreter exit before it gives up.
 EXIT_DRAIN_TIMEOUT = 5.0
@@ -76,44 +73,6 @@ def _stop_running() -> None:
 
 
 atexit.register(_stop_running)
-
-
-def _new_record(state: dict[str, Any]) -> logging.LogRecord:
-    record = logging.LogRecord.__new__(logging.LogRecord)
-    record.__dict__ = state
-    return record
-
-
-class _RenderedRecord(logging.LogRecord):
-    """A record that also carries the lines its worker rendered, kept outside ``__dict__`` so that
-    formatters which dump a record's attributes never see them."""
-
-    __slots__ = ("rendered",)
-
-
-class _Prerendered:
-    """Stands in for a handler's plain ``Formatter`` while a listener runs: returns the line the
-    worker rendered with an identical formatter, or formats as the original would."""
-
-    def __init__(self, formatter: logging.Formatter | None, index: int) -> None:
-        self.original = formatter
-        self.index = index
-
-    def format(self, record: logging.LogRecord) -> str:
-        rendered = getattr(record, "rendered", None)
-        if rendered is not None:
-            columns, position = rendered
-            line = columns[self.index][position]
-            if line is not None:
-                return line  # type: ignore[no-any-return]
-        return (self.original or _wire.DEFAULT_FORMATTER).format(record)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.original or _wire.DEFAULT_FORMATTER, name)
-
-
-def _failure_record(text: str) -> logging.LogRecord:
-    return logging.makeLogRecord({"msg": text, "args": None, "name": "logfunnel"})
 
 
 class LogListener(SocketServing, logging.handlers.QueueListener):
@@ -186,11 +145,11 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         self._stats_lock = threading.Lock()
         self._rejected = 0
         self._saved_env: Saved | None = None
-        self._fast: list[tuple[logging.Handler, int]] = []
-        self._slow: list[logging.Handler] = []
-        self._wrapped: list[tuple[logging.Handler, _Prerendered]] = []
-        self._plan: dict[str, Any] = {"formats": [], "full": True, "level": self.level}
-        self._seams = False
+        # Where records go (made again at start, when a subclass's handlers and seams are final).
+        self._dispatcher = Dispatcher(
+            self.handlers, level=self.level, respect_handler_level=self.respect_handler_level
+        )
+        self._plan: dict[str, Any] = dict(self._dispatcher.plan)
 
     # -- life cycle --------------------------------------------------------------------------------
 
@@ -206,7 +165,7 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
             self._thread = threading.Thread(target=target, name="logfunnel-listener", daemon=True)
             self._thread.start()
         except BaseException:
-            self._unwrap()
+            self._dispatcher.stop()
             self._close_server()
             self._state = "stopped"
             raise
@@ -223,7 +182,13 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         return self
 
     def stop(self, timeout: float | None = None) -> None:
-        """Handle everything already sent (by live and exited workers), then stop. Safe to repeat."""
+        """Handle everything already sent (by live and exited workers), then stop. Safe to repeat.
+
+        *timeout* bounds the wait for the listening thread; then each lane drains within its own
+        ``drain_timeout`` (all at once), and what a lane could not deliver is reported on stderr and
+        in ``stats()["lanes"]`` (``undelivered``). A lane stuck in a hung server is abandoned, so
+        that the program can still exit.
+        """
         if self._state in ("stopped", "stopping"):
             return
         started = self._state == "running"
@@ -240,7 +205,8 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
                 if thread.is_alive():
                     banner(f"the log listener did not finish draining within {timeout} s")
             self._thread = None
-        self._unwrap()
+        # Each lane drains within its own deadline; what it could not deliver is reported and counted.
+        self._dispatcher.stop()
         self._close_server()
         self._state = "stopped"
         _running.discard(self)
@@ -280,7 +246,9 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         the finished processes no longer listed one by one (at most ``max_finished_processes``
         are kept), whose number is ``folded_processes``. ``lines_lost`` counts the lines this
         listener's handlers received but could not write (a full disk, an unencodable line), with
-        ``handler_failures`` by reason.
+        ``handler_failures`` by reason. ``lanes`` lists every lane (see ``Lane.lane_stats``): what
+        each delivered, dropped (its buffer full), failed (gave up after retries) and could not
+        deliver when the listener stopped (``undelivered``).
         """
         with self._stats_lock:
             processes = [p.as_dict() for p in [*self._processes.values(), *self._queue_processes.values()]]
@@ -293,44 +261,32 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
             "rejected": self._rejected,
             "processes": processes,
             "folded_processes": folded["processes"],
-            **self._handler_losses(),
+            **self._dispatcher.losses(),
+            "lanes": self._dispatcher.lane_stats(),
         }
 
     def backlog_bytes(self) -> int:
         """Bytes received but not yet handled (parts of frames still arriving)."""
         return sum(len(conn.buffer) for conn in list(self._connections.values()))
 
-    # -- dispatch ----------------------------------------------------------------------------------
+    # -- dispatch (the Dispatcher decides where each record goes: see _dispatch) ------------------
 
     def _seams_overridden(self) -> bool:
         kind = type(self)
         return kind.handle is not LogListener.handle or kind.prepare is not LogListener.prepare
 
     def _plan_dispatch(self) -> None:
-        # Decide, once, what the workers render (see _wire.Renderer). A plain Stream/FileHandler
-        # gets whole batches of rendered lines; another handler with a plain Formatter gets records
-        # whose formatting is already done; the rest get records, as from QueueListener.
-        self._seams = self._seams_overridden()  # fixed for the listener's life: decide once
-        # Only workers on the socket render lines; records from a queue are formatted here.
-        plain = bool(self.handlers) and not self._seams and self._server is not None
-        specs: list[_wire.Spec] = []
-        self._fast, self._slow, self._wrapped = [], [], []
-        for handler in self.handlers:
-            spec = _wire.formatter_spec(handler.formatter) if plain else None
-            index = -1
-            if spec is not None:
-                if spec not in specs:
-                    specs.append(spec)
-                index = specs.index(spec)
-            if index >= 0 and type(handler) in _FAST_TYPES and not handler.filters:
-                self._fast.append((handler, index))
-                continue
-            self._slow.append(handler)
-            if index >= 0:
-                stand_in = _Prerendered(handler.formatter, index)
-                handler.formatter = stand_in  # type: ignore[assignment]
-                self._wrapped.append((handler, stand_in))
-        self._plan = {"formats": specs, "full": not plain or bool(self._slow), "level": self.level}
+        # Decided once, for the listener's life. Only workers on the socket render lines; records
+        # from a queue are formatted here.
+        seams = self._seams_overridden()
+        self._dispatcher = Dispatcher(
+            self.handlers,
+            level=self.level,
+            respect_handler_level=self.respect_handler_level,
+            prerender=self._server is not None,
+            seam=self.handle if seams else None,
+        )
+        self._plan = self._dispatcher.start()
 
     def _welcome_plan(self) -> dict[str, Any]:
         """The plan a worker gets when it connects, with the levels it should log at.
@@ -359,116 +315,30 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         plan["disabled"] = disabled
         return plan
 
-    def _unwrap(self) -> None:
-        for handler, stand_in in self._wrapped:
-            if handler.formatter is stand_in:  # type: ignore[comparison-overlap]
-                handler.formatter = stand_in.original
-        self._wrapped = []
-
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         """Return the record to give the handlers; override to change records on the way in."""
         return record
 
     def handle(self, record: logging.LogRecord) -> None:
-        """Offer a record (after ``prepare``) to every handler, or to its logger if there are none."""
+        """Offer a record (after ``prepare``) to every handler (a network handler through its lane),
+        or to its logger if there are none."""
         record = self.prepare(record)
-        self._deliver(record, self.handlers)
-
-    def _deliver(self, record: logging.LogRecord, handlers: Iterable[logging.Handler]) -> None:
-        if record.levelno < self.level:
-            return
-        if not self.handlers:
-            # Exactly what this process would do with the call that made the record: its logger's
-            # level (and logging.disable), then Logger.handle (disabled, filters, propagate, handler
-            # levels). Logger.handle alone checks no level.
-            logger = logging.getLogger(record.name)
-            if logger.isEnabledFor(record.levelno):
-                logger.handle(record)
-            return
-        respect = self.respect_handler_level
-        for handler in handlers:
-            if not respect or record.levelno >= handler.level:
-                handler.handle(record)
+        self._dispatcher.handle_record(record)
 
     def _emit_local(self, level: int, message: str, *args: object) -> None:
         """A record of the listener's own (a loss report) through the same handlers."""
-        record = logging.LogRecord("logfunnel", level, __file__, 0, message, args, None, "listener")
-        try:
-            if self._seams:
-                self.handle(record)
-            else:
-                self._deliver(record, self.handlers)
-        except Exception as exc:
-            banner(f"could not report {record.getMessage()!r}: {exc!r}")
+        self._dispatcher.report(level, message, *args)
+
+    # The batch writer and the loss figures, where the suite (and a subclass) reached them before.
+    _write_lines = staticmethod(_write_lines)
+
+    def _handler_losses(self) -> dict[str, Any]:
+        return self._dispatcher.losses()
 
     def _dispatch(
         self, levels: list[int], lines: list[list[str | None]], records: list[dict[str, Any]] | None
     ) -> None:
-        for handler, index in self._fast:
-            threshold = max(self.level, handler.level if self.respect_handler_level else 0)
-            chosen = lines[index]
-            if threshold > min(levels):
-                chosen = [line for line, level in zip(chosen, levels) if level >= threshold]
-            if None in chosen:
-                chosen = [line for line in chosen if line is not None]
-            if chosen:
-                self._write_lines(handler, chosen)  # type: ignore[arg-type]
-        if records is None:
-            return
-        seams = self._seams
-        if not seams and not self._slow and self.handlers:
-            return
-        record: logging.LogRecord
-        for position, state in enumerate(records):
-            if self._wrapped:
-                rendered = _RenderedRecord.__new__(_RenderedRecord)
-                rendered.__dict__ = state
-                rendered.rendered = (lines, position)
-                record = rendered
-            else:
-                record = _new_record(state)
-            if seams:
-                self.handle(record)
-            else:
-                self._deliver(record, self._slow)
-
-    @staticmethod
-    def _write_lines(handler: logging.Handler, lines: list[str]) -> None:
-        # What StreamHandler.emit does for each record, once for the whole batch: whole lines or
-        # none when the disk fills up, losses counted, one unencodable line costing only itself
-        # (handlers._disk.write_lines).
-        terminator = handler.terminator  # type: ignore[attr-defined]
-        handler.acquire()
-        try:
-            stream = handler.stream  # type: ignore[attr-defined]
-            if (
-                stream is None
-                and isinstance(handler, logging.FileHandler)
-                and (handler.mode != "w" or not getattr(handler, "_closed", False))  # as FileHandler.emit
-            ):
-                stream = handler.stream = handler._open()  # noqa: SLF001
-            if stream is None:
-                return
-            kept = write_lines(handler, stream, lines, terminator)
-            if kept is None and isinstance(handler, logging.FileHandler):
-                handler.stream = None  # dropped after a failed write: reopened with the next batch
-        except Exception:
-            losses_of(handler).lose(len(lines), "error", episode=False)
-            handler.handleError(_failure_record(f"a batch of {len(lines)} lines"))
-        finally:
-            handler.release()
-
-    def _handler_losses(self) -> dict[str, Any]:
-        """Lines the handlers could not write (a full disk, an unencodable line): ``lines_lost``, and
-        ``handler_failures`` by reason, summed over the handlers (this process's share of each)."""
-        total = 0
-        reasons: dict[str, int] = {}
-        for handler in self.handlers:
-            figures = losses_of(handler).as_dict()
-            total += figures["lines_lost"]
-            for reason, count in figures["by_reason"].items():
-                reasons[reason] = reasons.get(reason, 0) + count
-        return {"lines_lost": total, "handler_failures": reasons}
+        self._dispatcher.dispatch(levels, lines, records)
 
     # -- reading a multiprocessing queue -----------------------------------------------------------
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._checks import check_address, check_handlers, check_level
 from ._handling import banner
+from ._lanes import Lane, _Intercept
 from ._transport import QueueHandle, Saved, publish, withdraw
 from .listener import LogListener
 
@@ -66,8 +67,12 @@ def _reduce_handler(obj: Any) -> Any:
     """A handler travels without its lock and its open stream; anything else as dill sees fit."""
     if not isinstance(obj, logging.Handler):
         return NotImplemented
+    if isinstance(obj, Lane):
+        return obj.__reduce__()  # its target and options; its thread and buffer stay here
     state = dict(obj.__dict__)
     state.pop("lock", None)
+    if isinstance(state.get("handleError"), _Intercept):
+        del state["handleError"]  # a lane's hook on its target, not part of the handler
     std = None
     stream = state.get("stream")
     if isinstance(obj, logging.FileHandler):
@@ -136,8 +141,9 @@ class _Health:
             "cpu_percent": 100.0 * (cpu - cpu_then) / elapsed if elapsed > 0 else 0.0,
             "records_per_second": (stats["received"] - received_then) / elapsed if elapsed > 0 else 0.0,
             "backlog": listener.backlog_bytes(),
-            # Handlers run in the listener's thread, one batch at a time: none keeps a queue.
-            "handlers": [{"handler": repr(h), "backlog": 0} for h in listener.handlers],
+            # A handler inline keeps no queue (0); one on a lane has the records waiting there.
+            "handlers": listener._dispatcher.handler_figures(),  # noqa: SLF001
+            "lanes": stats["lanes"],
         }
         return stats
 
@@ -200,12 +206,8 @@ def _serve(
             break
     listener.stop()
     final = health(listener)
-    for handler in listener.handlers:
-        try:
-            handler.flush()
-            handler.close()
-        except Exception:
-            pass
+    # Not a handler stuck in a hung server (its lane was abandoned): closing it would wait forever.
+    listener._dispatcher.close_handlers()  # noqa: SLF001
     logging.shutdown()
     if private_dir is not None:
         # Made by the parent, which removes it at stop(); but a parent killed outright never will.
@@ -394,7 +396,9 @@ class LogManager:
     def stats(self, timeout: float = 10.0) -> dict[str, Any]:
         """The listener's figures, fetched from the manager, with its own health under ``manager``:
         ``pid``, ``rss``, ``cpu_percent`` and ``records_per_second`` (over the last 5 s, or since the
-        manager started), ``backlog`` (bytes received but not yet handled) and ``handlers``."""
+        manager started), ``backlog`` (bytes received but not yet handled), ``handlers`` (each
+        handler's repr and ``backlog``: records waiting on its lane, 0 for one inline) and ``lanes``
+        (every lane's figures, as in ``LogListener.stats()``)."""
         if self._final is not None:
             return self._final
         if self._conn is None:

@@ -1,0 +1,398 @@
+"""Where a record goes after it is decoded: the ``Dispatcher``.
+
+A listener owns one. Told the handlers once (or None: records go through this process's logging
+configuration), it decides what the workers render, then for every batch:
+
+* a plain ``StreamHandler``/``FileHandler`` with a plain ``Formatter`` and no filter gets the lines the
+  workers rendered, written batch by batch (``_write_lines``), on the listener's thread;
+* every other local file or stream handler (and ``NullHandler``, logfunnel's own handlers, and any
+  handler marked with ``logfunnel.inline()``) gets whole records, inline;
+* every other handler (the network ones: HTTP, SMTP, sockets, syslog, and anything unknown) gets whole
+  records through a ``Lane`` of its own, so that a slow or dead sink delays nothing else. A handler
+  that already is a lane (a ``Lane``, or one that runs its own sender thread) is called inline.
+
+In routed mode the dispatcher walks ``Logger.handle``'s logic itself (disabled, filters, the propagate
+walk with handler levels, ``lastResort``), calling a lane in place of each network handler it finds,
+so the user's loggers are never altered. ``handle_record(record)`` is the entry point for a record
+from anywhere (a listener's seams, a receiver of stdlib ``SocketHandler`` clients).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _wire
+from ._handling import banner
+from ._lanes import Lane, is_lane, wants_inline
+from .handlers._disk import losses_of, write_lines
+
+__all__ = ["Dispatcher"]
+
+_FAST_TYPES = (logging.StreamHandler, logging.FileHandler)
+
+
+def new_record(state: dict[str, Any]) -> logging.LogRecord:
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    record.__dict__ = state
+    return record
+
+
+class _RenderedRecord(logging.LogRecord):
+    """A record that also carries the lines its worker rendered, kept outside ``__dict__`` so that
+    formatters which dump a record's attributes never see them."""
+
+    __slots__ = ("rendered",)
+
+
+class _Prerendered:
+    """Stands in for a handler's plain ``Formatter`` while a listener runs: returns the line the
+    worker rendered with an identical formatter, or formats as the original would."""
+
+    def __init__(self, formatter: logging.Formatter | None, index: int) -> None:
+        self.original = formatter
+        self.index = index
+
+    def format(self, record: logging.LogRecord) -> str:
+        rendered = getattr(record, "rendered", None)
+        if rendered is not None:
+            columns, position = rendered
+            line = columns[self.index][position]
+            if line is not None:
+                return line  # type: ignore[no-any-return]
+        return (self.original or _wire.DEFAULT_FORMATTER).format(record)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.original or _wire.DEFAULT_FORMATTER, name)
+
+
+_Route = tuple[logging.Handler, logging.Handler]  # a handler given, and what to call: itself or its lane
+
+
+def _failure_record(text: str) -> logging.LogRecord:
+    return logging.makeLogRecord({"msg": text, "args": None, "name": "logfunnel"})
+
+
+def _walks_itself(logger: logging.Logger) -> bool:
+    """Whether the dispatcher may walk *logger*'s hierarchy itself: not for a Logger subclass with
+    its own ``handle`` or ``callHandlers`` (that one is called as it is, without lanes)."""
+    kind = type(logger)
+    return kind.handle is logging.Logger.handle and kind.callHandlers is logging.Logger.callHandlers
+
+
+class Dispatcher:
+    """Hand decoded records to *handlers* (None: through this process's logging configuration).
+
+    *level* skips records below it; *respect_handler_level* checks each handler's level, as
+    ``QueueListener`` does. With *prerender* True (a listener on a socket, without seams) the plan
+    asks workers to render the lines of plain formatters. *seam*, if given, is called for every
+    record instead of ``handle_record`` (a ``LogListener`` subclass overriding ``handle``).
+
+    Use: ``start()`` (returns the plan for workers), then ``dispatch(levels, lines, records)`` for
+    batches or ``handle_record(record)`` for single records from any thread, then ``stop()``, which
+    drains every lane within its own deadline and returns what could not be delivered.
+    """
+
+    def __init__(
+        self,
+        handlers: Sequence[logging.Handler] | None,
+        *,
+        level: int = logging.NOTSET,
+        respect_handler_level: bool = True,
+        prerender: bool = False,
+        seam: Callable[[logging.LogRecord], None] | None = None,
+    ) -> None:
+        self.handlers = list(handlers or ())
+        self.level = level
+        self.respect_handler_level = respect_handler_level
+        self.routed = not self.handlers
+        self._prerender = prerender and not self.routed and seam is None
+        self._seam = seam
+        self._fast: list[tuple[logging.Handler, int]] = []
+        self._slow: list[tuple[logging.Handler, logging.Handler]] = []  # (handler, what to call)
+        self._routes: list[tuple[logging.Handler, logging.Handler]] = []
+        self._wrapped: list[tuple[logging.Handler, _Prerendered]] = []
+        self._lanes: dict[int, tuple[logging.Handler, Lane]] = {}  # made here, by id of the handler
+        self._found: dict[int, tuple[logging.Handler, logging.Handler]] = {}  # routed: handler -> target
+        self._lanes_lock = threading.Lock()
+        self.plan: dict[str, Any] = {"formats": [], "full": True, "level": level}
+        self.undelivered = 0
+
+    # -- the plan ----------------------------------------------------------------------------------
+
+    def start(self) -> dict[str, Any]:
+        """Decide, once, what workers render and which handler runs where; return the plan."""
+        specs: list[_wire.Spec] = []
+        for handler in self.handlers:
+            spec = _wire.formatter_spec(handler.formatter) if self._prerender else None
+            index = -1
+            if spec is not None:
+                if spec not in specs:
+                    specs.append(spec)
+                index = specs.index(spec)
+            target = self._target_for(handler)
+            self._routes.append((handler, target))
+            if index >= 0 and type(handler) in _FAST_TYPES and not handler.filters:
+                self._fast.append((handler, index))
+                continue
+            self._slow.append((handler, target))
+            if index >= 0:
+                stand_in = _Prerendered(handler.formatter, index)
+                handler.formatter = stand_in  # type: ignore[assignment]
+                self._wrapped.append((handler, stand_in))
+        self.plan = {"formats": specs, "full": not self._prerender or bool(self._slow), "level": self.level}
+        for handler in self.handlers:
+            if isinstance(handler, Lane):
+                handler._held = True  # noqa: SLF001  (drained by stop(), after the last records)
+        return self.plan
+
+    def _target_for(self, handler: logging.Handler) -> logging.Handler:
+        """*handler* itself if it runs inline, else the lane made for it (once)."""
+        if wants_inline(handler):
+            return handler
+        with self._lanes_lock:
+            made = self._lanes.get(id(handler))
+            if made is None:
+                made = self._lanes[id(handler)] = (handler, Lane(handler))
+                made[1]._held = True  # noqa: SLF001  (this dispatcher stops it)
+        return made[1]
+
+    # -- records -----------------------------------------------------------------------------------
+
+    def dispatch(
+        self, levels: list[int], lines: list[list[str | None]], records: list[dict[str, Any]] | None
+    ) -> None:
+        """A decoded batch: rendered lines to the fast handlers, records to the rest."""
+        for handler, index in self._fast:
+            threshold = max(self.level, handler.level if self.respect_handler_level else 0)
+            chosen = lines[index]
+            if threshold > min(levels):
+                chosen = [line for line, level in zip(chosen, levels) if level >= threshold]
+            if None in chosen:
+                chosen = [line for line in chosen if line is not None]
+            if chosen:
+                _write_lines(handler, chosen)  # type: ignore[arg-type]
+        if records is None:
+            return
+        seam = self._seam
+        if seam is None and not self._slow and not self.routed:
+            return
+        wrapped = bool(self._wrapped)
+        made: list[logging.LogRecord] = []
+        record: logging.LogRecord
+        for position, state in enumerate(records):
+            if wrapped:
+                rendered = _RenderedRecord.__new__(_RenderedRecord)
+                rendered.__dict__ = state
+                rendered.rendered = (lines, position)
+                record = rendered
+            else:
+                record = new_record(state)
+            made.append(record)
+        if seam is not None:
+            for record in made:
+                seam(record)
+        elif self.routed:
+            for record in made:
+                self.deliver(record, self._slow)
+        else:
+            self._deliver_batch(levels, made)
+
+    def _deliver_batch(self, levels: list[int], records: list[logging.LogRecord]) -> None:
+        # A lane takes the batch in one call (one lock); an inline handler record by record. Order
+        # holds per handler; across handlers it never could (a lane delivers in its own time).
+        for handler, target in self._slow:
+            threshold = max(self.level, handler.level if self.respect_handler_level else 0)
+            chosen = records
+            if threshold > min(levels):
+                chosen = [record for record, level in zip(records, levels) if level >= threshold]
+            if not chosen:
+                continue
+            if isinstance(target, Lane) and not target.filters:
+                target.handle_batch(chosen)
+                continue
+            for record in chosen:
+                target.handle(record)
+
+    def handle_record(self, record: logging.LogRecord) -> None:
+        """Offer one record to every handler (through its lane), or to its logger in routed mode."""
+        self.deliver(record, self._routes)
+
+    def deliver(self, record: logging.LogRecord, routes: list[_Route]) -> None:
+        if record.levelno < self.level:
+            return
+        if self.routed:
+            self._route(record)
+            return
+        respect = self.respect_handler_level
+        for handler, target in routes:
+            if not respect or record.levelno >= handler.level:
+                target.handle(record)
+
+    def _route(self, record: logging.LogRecord) -> None:
+        # Exactly what this process would do with the call that made the record: its logger's level
+        # (and logging.disable), then Logger.handle (disabled, filters, propagate, handler levels,
+        # lastResort), with a lane called in place of each handler that gets one.
+        logger = logging.getLogger(record.name)
+        if not logger.isEnabledFor(record.levelno):
+            return
+        if not _walks_itself(logger):
+            logger.handle(record)
+            return
+        if logger.disabled:
+            return
+        verdict: Any = logger.filter(record)
+        if not verdict:
+            return
+        if isinstance(verdict, logging.LogRecord):  # 3.12: a filter may return a new record
+            record = verdict
+        found = 0
+        current: logging.Logger | None = logger
+        while current is not None:
+            for handler in current.handlers:
+                found += 1
+                if record.levelno >= handler.level:
+                    self._found_target(handler).handle(record)
+            current = current.parent if current.propagate else None
+        if found == 0:
+            last = logging.lastResort
+            if last is not None:
+                if record.levelno >= last.level:
+                    last.handle(record)
+            elif logging.raiseExceptions and not logger.manager.emittedNoHandlerWarning:
+                sys.stderr.write(f'No handlers could be found for logger "{logger.name}"\n')
+                logger.manager.emittedNoHandlerWarning = True
+
+    def _found_target(self, handler: logging.Handler) -> logging.Handler:
+        found = self._found.get(id(handler))
+        if found is None or found[0] is not handler:
+            found = self._found[id(handler)] = (handler, self._target_for(handler))
+        return found[1]
+
+    def report(self, level: int, message: str, *args: object) -> None:
+        """A record of the listener's own (a loss report) through the same handlers and lanes."""
+        record = logging.LogRecord("logfunnel", level, __file__, 0, message, args, None, "listener")
+        try:
+            if self._seam is not None:
+                self._seam(record)
+            else:
+                self.handle_record(record)
+        except Exception as exc:
+            banner(f"could not report {record.getMessage()!r}: {exc!r}")
+
+    # -- figures -----------------------------------------------------------------------------------
+
+    def lanes(self) -> list[Any]:
+        """Every lane records go through: the user's own (in handler order), then those made here."""
+        own = [h for h in self.handlers if is_lane(h)]
+        with self._lanes_lock:
+            made = [lane for _, lane in self._lanes.values()]
+        return own + made
+
+    def lane_stats(self) -> list[dict[str, Any]]:
+        return [lane.lane_stats() for lane in self.lanes()]
+
+    def handler_figures(self) -> list[dict[str, Any]]:
+        """Per handler given: its repr and its backlog (records waiting on its lane; 0 inline)."""
+        figures = []
+        for handler in self.handlers:
+            lane: Any = handler if is_lane(handler) else self._lanes.get(id(handler), (None, None))[1]
+            backlog = int(lane.lane_stats()["backlog"]) if lane is not None else 0
+            figures.append({"handler": repr(handler), "backlog": backlog})
+        return figures
+
+    def losses(self) -> dict[str, Any]:
+        """Lines the handlers could not write (a full disk, an unencodable line): ``lines_lost``, and
+        ``handler_failures`` by reason, summed over the handlers (this process's share of each)."""
+        total = 0
+        reasons: dict[str, int] = {}
+        for handler in self.handlers:
+            figures = losses_of(handler).as_dict()
+            total += figures["lines_lost"]
+            for reason, count in figures["by_reason"].items():
+                reasons[reason] = reasons.get(reason, 0) + count
+        return {"lines_lost": total, "handler_failures": reasons}
+
+    # -- the end -----------------------------------------------------------------------------------
+
+    def stop(self) -> int:
+        """Drain every lane, each within its own ``drain_timeout`` from now (all at once, not one
+        after another); stop the lanes made here, abandon the stuck ones; report and return what
+        could not be delivered. The handlers get their own formatters back; none is closed."""
+        started = time.monotonic()
+        left_total = 0
+        with self._lanes_lock:
+            made = {id(lane) for _, lane in self._lanes.values()}
+        for lane in self.lanes():
+            remaining = max(0.0, started + float(getattr(lane, "drain_timeout", 5.0)) - time.monotonic())
+            try:
+                if id(lane) in made:
+                    left = lane.stop(remaining)
+                else:
+                    left = lane.drain(remaining)
+                    if left and isinstance(lane, Lane):
+                        lane.stop(0.0)  # the user's lane is stuck: abandon it, or exit would hang on it
+                    elif left:
+                        banner(f"{lane!r} could not deliver {left} records before the listener stopped")
+            except Exception as exc:
+                banner(f"draining {lane!r} failed: {exc!r}")
+                continue
+            finally:
+                if isinstance(lane, Lane):
+                    lane._held = False  # noqa: SLF001
+            left_total += left
+        self.undelivered = left_total
+        self._unwrap()
+        return left_total
+
+    def _unwrap(self) -> None:
+        for handler, stand_in in self._wrapped:
+            if handler.formatter is stand_in:  # type: ignore[comparison-overlap]
+                handler.formatter = stand_in.original
+        self._wrapped = []
+
+    def abandoned(self, handler: logging.Handler) -> bool:
+        """Whether *handler*'s lane was abandoned (it is stuck: do not flush or close it)."""
+        lane: Any = handler if isinstance(handler, Lane) else self._lanes.get(id(handler), (None, None))[1]
+        return lane is not None and lane.lane_stats()["state"] == "abandoned"
+
+    def close_handlers(self) -> None:
+        """Flush and close every handler given, except those stuck in an abandoned lane."""
+        for handler in self.handlers:
+            if self.abandoned(handler):
+                continue
+            try:
+                handler.flush()
+                handler.close()
+            except Exception:
+                pass
+
+
+def _write_lines(handler: logging.Handler, lines: list[str]) -> None:
+    # What StreamHandler.emit does for each record, once for the whole batch: whole lines or none
+    # when the disk fills up, losses counted, one unencodable line costing only itself
+    # (handlers._disk.write_lines).
+    terminator = handler.terminator  # type: ignore[attr-defined]
+    handler.acquire()
+    try:
+        stream = handler.stream  # type: ignore[attr-defined]
+        if (
+            stream is None
+            and isinstance(handler, logging.FileHandler)
+            and (handler.mode != "w" or not getattr(handler, "_closed", False))  # as FileHandler.emit
+        ):
+            stream = handler.stream = handler._open()  # noqa: SLF001
+        if stream is None:
+            return
+        kept = write_lines(handler, stream, lines, terminator)
+        if kept is None and isinstance(handler, logging.FileHandler):
+            handler.stream = None  # dropped after a failed write: reopened with the next batch
+    except Exception:
+        losses_of(handler).lose(len(lines), "error", episode=False)
+        handler.handleError(_failure_record(f"a batch of {len(lines)} lines"))
+    finally:
+        handler.release()

@@ -1,0 +1,518 @@
+"""``Lane``: a handler on a thread of its own, behind a bounded buffer.
+
+A slow or dead sink (an HTTP endpoint that never answers, an SMTP server that stalls) must delay
+nothing else. A ``Lane`` takes a record in constant time (an append to a bounded buffer, or a
+counted drop when it is full) and hands it to its target on its own daemon thread, exactly as an
+inline call would (``target.handle(record)``: filters, formatter, lock). A record whose emit failed
+(the target called its ``handleError``, or raised) stays at the head and is tried again with
+back-off; once it gives up, the target's own ``handleError`` runs with the last failure.
+
+Every lane reports ``lane_stats()`` and can be ``drain()``-ed (the lane protocol, shared with
+handlers that run their own sender thread). A lane stuck inside its target when it must stop is
+*abandoned*: its target is taken out of ``logging``'s list of handlers to flush at exit, so that
+``logging.shutdown`` does not wait forever on the lock the stuck emit holds, and the program exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from typing import Any
+
+from ._exit import at_exit
+from ._handling import UnlockedHandle, banner
+
+__all__ = ["Lane", "Retry", "abandon_target", "inline", "is_lane"]
+
+WHEN_FULL = ("drop_newest", "drop_oldest", "block")
+_DROP_REPORT_INTERVAL = 5.0  # at most one banner per lane this often about records it dropped
+_INLINE_MARK = "_logfunnel_inline"
+
+_lanes: weakref.WeakSet[Lane] = weakref.WeakSet()
+
+
+class Retry:
+    """How a lane retries a record whose emit failed: back-off from *first_delay* seconds, doubling
+    up to *max_delay*, until the record has been failing for *give_up_after* seconds.
+
+    The default (0.1 s doubling to 5 s, for up to 60 s) rides out what a network sink usually
+    suffers (a restart, a dropped connection, a short outage) while the buffer holds what arrives
+    meanwhile; an outage longer than a minute costs one record per minute in ``failed`` and the
+    buffer's overflow in ``dropped``, both counted. ``Retry(give_up_after=0)`` tries each record once.
+    """
+
+    __slots__ = ("first_delay", "give_up_after", "max_delay")
+
+    def __init__(self, give_up_after: float = 60.0, first_delay: float = 0.1, max_delay: float = 5.0) -> None:
+        for name, value in (
+            ("give_up_after", give_up_after),
+            ("first_delay", first_delay),
+            ("max_delay", max_delay),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"Retry() expected {name} as a number of seconds >= 0, got {value!r}")
+        self.give_up_after = float(give_up_after)
+        self.first_delay = float(first_delay)
+        self.max_delay = float(max(max_delay, first_delay))
+
+    def delay(self, attempt: int) -> float:
+        """The pause before retry number *attempt* (1 for the first retry)."""
+        return float(min(self.max_delay, self.first_delay * 2 ** min(attempt - 1, 30)))
+
+    def __repr__(self) -> str:
+        return (
+            f"Retry(give_up_after={self.give_up_after}, first_delay={self.first_delay}, "
+            f"max_delay={self.max_delay})"
+        )
+
+
+NO_RETRY = Retry(give_up_after=0.0)
+
+
+def inline(handler: logging.Handler) -> logging.Handler:
+    """Mark *handler* to be called inline by a listener (on its thread), never on a lane; return it.
+
+    For a handler that never blocks (a ``QueueHandler`` to an unbounded queue, a counter) and whose
+    records should not wait behind a thread switch. A handler stuck inline stalls every record.
+    """
+    if not isinstance(handler, logging.Handler):
+        raise TypeError(f"logfunnel.inline() expected a logging.Handler, got {type(handler).__name__!r}")
+    setattr(handler, _INLINE_MARK, True)
+    return handler
+
+
+def is_lane(handler: object) -> bool:
+    """True for an object that follows the lane protocol (``lane_stats()`` and ``drain()``)."""
+    return callable(getattr(handler, "lane_stats", None)) and callable(getattr(handler, "drain", None))
+
+
+def wants_inline(handler: logging.Handler) -> bool:
+    """Whether a listener calls *handler* itself rather than through a lane it makes for it: local
+    files and streams, ``NullHandler``, handlers marked with ``inline()``, logfunnel's own worker
+    handler (it only appends to its buffer) and handlers that already are lanes."""
+    if getattr(handler, _INLINE_MARK, False) or is_lane(handler):
+        return True
+    if isinstance(handler, (logging.StreamHandler, logging.NullHandler)):
+        return True  # FileHandler and its subclasses (Rotating, Watched, Locked*) are StreamHandlers
+    from .worker import FunnelHandler
+
+    return isinstance(handler, FunnelHandler)
+
+
+def abandon_target(handler: logging.Handler) -> None:
+    """Take *handler* out of ``logging``'s list of handlers that ``logging.shutdown`` flushes and
+    closes: it is stuck in its emit, holding its lock, and shutdown would wait on it forever."""
+    with _logging_lock():
+        refs = logging._handlerList  # type: ignore[attr-defined]  # noqa: SLF001
+        for ref in list(refs):
+            if ref() is handler:
+                refs.remove(ref)
+
+
+class _LoggingLock:
+    def __enter__(self) -> None:
+        logging._acquireLock()  # type: ignore[attr-defined]  # noqa: SLF001
+
+    def __exit__(self, *exc_info: object) -> None:
+        logging._releaseLock()  # type: ignore[attr-defined]  # noqa: SLF001
+
+
+def _logging_lock() -> Any:
+    # 3.13 dropped _acquireLock()/_releaseLock() for a plain `with logging._lock`.
+    if hasattr(logging, "_acquireLock"):
+        return _LoggingLock()
+    return logging._lock  # type: ignore[attr-defined]  # noqa: SLF001
+
+
+class _Intercept:
+    """Stands in for the target's ``handleError`` while a lane runs it: on the lane's own thread a
+    call means "this emit failed" (noted, to be retried); on any other thread (the target may also
+    sit on a logger used directly) it is the target's own ``handleError``."""
+
+    def __init__(self, lane: Lane, original: Any) -> None:
+        self.lane = weakref.ref(lane)
+        self.original = original
+
+    def __call__(self, record: logging.LogRecord) -> None:
+        lane = self.lane()
+        if lane is not None and threading.get_ident() == lane._ident:  # noqa: SLF001
+            lane._failure = sys.exc_info()[1] or RuntimeError("the handler called handleError()")  # noqa: SLF001
+            return
+        self.original(record)
+
+
+class Lane(UnlockedHandle, logging.Handler):
+    """Put *handler* on a lane of its own: a daemon thread, a buffer of *capacity* records, a drop
+    policy, retry with back-off for records whose emit failed, and figures (``lane_stats()``).
+
+    *when_full* says what happens to a record that finds the buffer full: ``"drop_newest"`` (the
+    default: it is dropped, and counted), ``"drop_oldest"`` (the oldest waiting record is dropped to
+    make room) or ``"block"`` (the caller waits up to *block_timeout* seconds for room, then drops it).
+    *retry* is a ``Retry`` (see its defaults and why), a number of seconds to keep retrying a failing
+    record, or None to try each record once. ``close()`` waits up to *drain_timeout* seconds for the
+    buffer to empty, then closes the target; what it could not deliver is reported on stderr and
+    in ``lane_stats()["undelivered"]``. The lane's level starts as the target's.
+
+    Records reach the target as ``handler.handle(record)`` would, later and on the lane's thread:
+    arguments that change after the logging call may show their new value (as with ``QueueHandler``
+    without ``prepare``). A ``Lane`` works in any handler list: a listener's, or a logger's. Its
+    ``handle`` takes no handler lock (its buffer has its own), so callers never queue behind a
+    ``block`` wait or each other.
+    """
+
+    def __init__(
+        self,
+        handler: logging.Handler,
+        *,
+        capacity: int = 10_000,
+        when_full: str = "drop_newest",
+        retry: Retry | float | None = Retry(),  # noqa: B008  (immutable)
+        drain_timeout: float = 5.0,
+        block_timeout: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(handler, logging.Handler):
+            raise TypeError(f"Lane() expected a logging.Handler to run, got {type(handler).__name__!r}")
+        if isinstance(handler, Lane):
+            raise TypeError("Lane() got a Lane: a handler needs one lane, not two")
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"Lane() expected capacity as an int >= 1 (records), got {capacity!r}")
+        if when_full not in WHEN_FULL:
+            raise ValueError(f"Lane() got when_full={when_full!r}, expected one of {', '.join(WHEN_FULL)}")
+        for label, value in (("drain_timeout", drain_timeout), ("block_timeout", block_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"Lane() expected {label} as a number of seconds >= 0, got {value!r}")
+        if retry is None:
+            retry = NO_RETRY
+        elif not isinstance(retry, Retry):
+            if isinstance(retry, bool) or not isinstance(retry, (int, float)):
+                raise TypeError(
+                    "Lane() expected retry as a Retry, a number of seconds or None, "
+                    f"got {type(retry).__name__!r}"
+                )
+            retry = Retry(give_up_after=retry)
+        super().__init__(handler.level)
+        self.target = handler
+        self.capacity = capacity
+        self.when_full = when_full
+        self.retry = retry
+        self.drain_timeout = float(drain_timeout)
+        self.block_timeout = float(block_timeout)
+        self.name = name or f"lane-{type(handler).__name__}"
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh state: at construction, and in a forked child (the parent's thread is not ours)."""
+        self._pid = os.getpid()
+        self._cond = threading.Condition(threading.Lock())
+        self._buffer: collections.deque[logging.LogRecord] = collections.deque()
+        self._current: logging.LogRecord | None = None  # the record being handed to the target
+        self._thread: threading.Thread | None = None
+        self._ident: int | None = None
+        self._failure: BaseException | None = None
+        self._intercept: _Intercept | None = None
+        self._state = "running"
+        self._stopping = False  # close(): finish what is buffered, then end
+        self._abandon = False  # give up: end as soon as the target lets go
+        self._held = False  # a running listener drains and stops it (not the exit hook here)
+        self.handled = self.dropped = self.failed = self.retried = self.undelivered = 0
+        self._reported_drops = 0
+        self._reported_at = 0.0
+
+    # -- the caller's side -------------------------------------------------------------------------
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Append *record* to the buffer (start the thread if needed); when full, as *when_full* says."""
+        if self._pid != os.getpid():
+            self._reset()
+        cond = self._cond
+        with cond:
+            if self._state != "running" or self._stopping:
+                self.undelivered += 1  # after close(): counted, never silently gone
+                return
+            buffer = self._buffer
+            if len(buffer) >= self.capacity:
+                if self.when_full == "drop_oldest":
+                    buffer.popleft()
+                    self.dropped += 1
+                elif self.when_full != "block" or not cond.wait_for(
+                    lambda: len(buffer) < self.capacity or self._state != "running", self.block_timeout
+                ):
+                    self.dropped += 1
+                    record = None  # type: ignore[assignment]
+                elif self._state != "running":
+                    self.undelivered += 1
+                    return
+            if record is not None:
+                buffer.append(record)
+                if self._thread is None:
+                    self._start()
+                cond.notify_all()
+        if self.dropped > self._reported_drops:
+            self._report_drops()
+
+    def handle_batch(self, records: list[logging.LogRecord]) -> None:
+        """Append many records at once (one lock, not one per record), as ``emit`` would one by one.
+
+        For a lane without filters of its own (the dispatcher checks); ``"block"`` goes record by record.
+        """
+        if self.when_full == "block":
+            for record in records:
+                self.handle(record)
+            return
+        if self._pid != os.getpid():
+            self._reset()
+        cond = self._cond
+        with cond:
+            if self._state != "running" or self._stopping:
+                self.undelivered += len(records)
+                return
+            buffer = self._buffer
+            room = self.capacity - len(buffer)
+            if len(records) <= room:
+                buffer.extend(records)
+            elif self.when_full == "drop_oldest":
+                buffer.extend(records)
+                excess = len(buffer) - self.capacity
+                for _ in range(excess):
+                    buffer.popleft()
+                self.dropped += excess
+            else:
+                if room > 0:
+                    buffer.extend(records[:room])
+                self.dropped += len(records) - max(room, 0)
+            if self._thread is None and buffer:
+                self._start()
+            cond.notify_all()
+        if self.dropped > self._reported_drops:
+            self._report_drops()
+
+    def _report_drops(self) -> None:
+        now = time.monotonic()
+        if now - self._reported_at < _DROP_REPORT_INTERVAL:
+            return
+        new = self.dropped - self._reported_drops
+        if new <= 0:
+            return
+        self._reported_drops, self._reported_at = self.dropped, now
+        banner(
+            f"lane {self.name} ({self.target!r}) dropped {new} records ({self.dropped} in all): its "
+            f"buffer of {self.capacity} records is full: the handler is slower than records arrive; "
+            "raise capacity, or look at the sink",
+            kind=f"lane-drops-{id(self)}",
+        )
+
+    def _start(self) -> None:
+        # Called with the condition held.
+        if self._intercept is None:
+            self._intercept = _Intercept(self, self.target.handleError)
+            self.target.handleError = self._intercept  # type: ignore[method-assign]
+        thread = threading.Thread(target=self._run, name=f"logfunnel-{self.name}", daemon=True)
+        self._thread = thread
+        _lanes.add(self)
+        at_exit(_stop_all)  # also at a multiprocessing child's exit, which skips atexit
+        thread.start()
+
+    # -- the lane's thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        from . import worker
+
+        self._ident = threading.get_ident()
+        # A record made on this thread (a handler that logs) must not loop back through a funnel.
+        worker.listener_threads.add(self._ident)
+        cond = self._cond
+        try:
+            while True:
+                with cond:
+                    while not self._buffer and not self._stopping and not self._abandon:
+                        cond.wait()
+                    if self._abandon or not self._buffer:
+                        return
+                    record = self._current = self._buffer.popleft()
+                    cond.notify_all()  # room for a blocked caller
+                delivered = self._deliver(record)
+                with cond:
+                    self._current = None
+                    if self._abandon:
+                        return  # stop() counted this record undelivered: the figures are final
+                    if delivered:
+                        self.handled += 1
+                    else:
+                        self.failed += 1
+                    cond.notify_all()
+        finally:
+            worker.listener_threads.discard(self._ident)
+
+    def _deliver(self, record: logging.LogRecord) -> bool | None:
+        """Hand *record* to the target, retrying; True once delivered, False when it gave up
+        (the target's own handleError has run), None when the lane was abandoned meanwhile."""
+        attempt = 0
+        first_failure = 0.0
+        while True:
+            self._failure = None
+            try:
+                self.target.handle(record)
+            except Exception as exc:  # a handle() that raises instead of calling handleError()
+                self._failure = exc
+            failure = self._failure
+            if failure is None:
+                return True
+            if self._abandon:
+                return None  # counted undelivered by stop(); its target's handleError is not ours to call
+            now = time.monotonic()
+            if attempt == 0:
+                first_failure = now
+            attempt += 1
+            if now - first_failure >= self.retry.give_up_after:
+                self._give_up(record, failure)
+                return False
+            self.retried += 1
+            with self._cond:
+                self._cond.wait_for(lambda: self._abandon, self.retry.delay(attempt))
+                if self._abandon:
+                    return None
+
+    def _give_up(self, record: logging.LogRecord, failure: BaseException) -> None:
+        original = self._intercept.original if self._intercept is not None else self.target.handleError
+        try:
+            raise failure  # so that handleError's traceback shows the last failure
+        except BaseException:
+            try:
+                original(record)
+            except Exception as exc:
+                banner(f"lane {self.name}: the handler's handleError() failed: {exc!r}")
+
+    # -- the lane protocol -------------------------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        """Records waiting: buffered, and the one being handed to the target."""
+        return len(self._buffer) + (self._current is not None)
+
+    def lane_stats(self) -> dict[str, Any]:
+        """``name``, ``handler`` (repr of the target), ``backlog``, ``handled``, ``dropped``,
+        ``failed``, ``retried``, ``undelivered``, ``state`` and ``capacity``."""
+        with self._cond:
+            return {
+                "name": self.name,
+                "handler": repr(self.target),
+                "backlog": self.backlog,
+                "handled": self.handled,
+                "dropped": self.dropped,
+                "failed": self.failed,
+                "retried": self.retried,
+                "undelivered": self.undelivered,
+                "state": self._state,
+                "capacity": self.capacity,
+            }
+
+    def drain(self, timeout: float) -> int:
+        """Wait at most *timeout* seconds for what is buffered to be delivered (or given up); return
+        how many records are still waiting, which ``lane_stats()["undelivered"]`` then counts."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self.backlog, max(0.0, timeout))
+            return self.backlog
+
+    def flush(self) -> None:
+        """Wait (up to *drain_timeout* seconds) for the buffer to empty, then flush the target."""
+        if self._pid != os.getpid() or self._state != "running":
+            return
+        if self.drain(self.drain_timeout) == 0:
+            self.target.flush()
+
+    def close(self) -> None:
+        """Deliver what is buffered within *drain_timeout* seconds, end the thread, close the target.
+
+        A lane still stuck in its target then is abandoned: what it holds is counted undelivered
+        and reported on stderr, its target is left open (its lock is held by the stuck emit) and taken
+        out of ``logging.shutdown``'s list, so the program can exit."""
+        try:
+            self.stop(self.drain_timeout)
+            if self._state == "stopped":
+                try:
+                    self.target.close()
+                except Exception as exc:
+                    banner(f"lane {self.name}: closing {self.target!r} failed: {exc!r}")
+        finally:
+            super().close()
+
+    def stop(self, timeout: float) -> int:
+        """End the lane: drain for up to *timeout* seconds, then stop its thread (or abandon it if it
+        is stuck); return how many records could not be delivered. The target stays open."""
+        if self._pid != os.getpid():
+            return 0  # a forked child's copy: the parent's lane
+        with self._cond:
+            if self._state != "running":
+                return 0
+            self._stopping = True
+            self._cond.notify_all()
+        left = self.drain(timeout)
+        thread = self._thread
+        with self._cond:
+            if left:
+                self._abandon = True
+                self.undelivered += left
+                self._buffer.clear()
+                self._state = "abandoned"
+            else:
+                self._state = "stopped"
+            self._cond.notify_all()
+        if left:
+            abandon_target(self.target)
+            stuck = " (it is stuck in the handler)" if self._current is not None else ""
+            banner(
+                f"lane {self.name} could not deliver {left} records to {self.target!r} by its drain deadline"
+                f"{stuck}; they are lost and counted as undelivered"
+            )
+        elif thread is not None:
+            thread.join(1.0)
+        if not left:
+            self._restore()
+        return left
+
+    def _restore(self) -> None:
+        intercept = self._intercept
+        if intercept is not None and self.target.__dict__.get("handleError") is intercept:
+            del self.target.handleError
+        self._intercept = None
+
+    def __repr__(self) -> str:
+        return f"<Lane {self.name} {self.target!r} backlog={self.backlog}>"
+
+    def __reduce__(self) -> Any:
+        # A lane crosses a process boundary (to a LogManager) as its target and its options.
+        options = {
+            "capacity": self.capacity,
+            "when_full": self.when_full,
+            "retry": self.retry,
+            "drain_timeout": self.drain_timeout,
+            "block_timeout": self.block_timeout,
+            "name": self.name,
+        }
+        return _rebuild_lane, (self.target, options, self.level, self.filters)
+
+
+def _rebuild_lane(target: logging.Handler, options: dict[str, Any], level: int, filters: list[Any]) -> Lane:
+    lane = Lane(target, **options)
+    lane.setLevel(level)
+    lane.filters = list(filters)
+    return lane
+
+
+def _stop_all() -> None:
+    # Before logging.shutdown (registered earlier, so it runs later): a lane stuck in its target is
+    # abandoned here, and its target taken out of the list logging.shutdown would wait on. A lane a
+    # running listener holds is the listener's to drain, after the records still on their way.
+    for lane in list(_lanes):
+        if lane._pid == os.getpid() and not lane._held:  # noqa: SLF001
+            lane.stop(lane.drain_timeout)
+
+
+atexit.register(_stop_all)
