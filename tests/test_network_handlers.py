@@ -47,6 +47,12 @@ def _both_ways(handle, kind, local, options, method="fork"):
     run_workers(method, log_both_ways, [(handle, kind, local.address, options, w) for w in range(WORKERS)])
 
 
+def _assert_on_a_lane(listener, handler, count):
+    """The listener ran *handler* on a lane of its own, which delivered all *count* records."""
+    (lane,) = [lane for lane in listener.stats()["lanes"] if lane["handler"] == repr(handler)]
+    assert (lane["handled"], lane["dropped"], lane["failed"], lane["undelivered"]) == (count, 0, 0, 0), lane
+
+
 def _by_record(items):
     return sorted(items, key=lambda d: (d["process"], d["created"], d["msg"]))
 
@@ -68,6 +74,7 @@ def test_socket_handler_sends_what_it_sends_from_the_worker(method):
     assert len(expected) == TOTAL
     assert got == expected
     assert listener.stats()["received"] == TOTAL
+    _assert_on_a_lane(listener, handler, TOTAL)
 
 
 @pytest.mark.timeout(120)
@@ -136,6 +143,7 @@ def test_https_handler_with_credentials_sends_what_it_sends_from_the_worker(meth
     assert _http_fields(got, merged=True) == _http_fields(expected, merged=False)
     assert {_http_request_parts(r) for r in got} == {_http_request_parts(r) for r in expected}
     assert remote.unauthorized == 0 and all(r.tls for r in got)
+    _assert_on_a_lane(listener, handler, TOTAL)
 
 
 @pytest.mark.timeout(120)
@@ -196,6 +204,7 @@ def _run_smtp(owner, server_options, handler_options, method="fork"):
             handler = make_handler("smtp", remote.address, **handler_options)
             with logfunnel.start_listener(handlers=[handler]) as listener:
                 _both_ways(listener.queue, "smtp", local, handler_options, method)
+            _assert_on_a_lane(listener, handler, TOTAL)
         else:
             handler = make_handler("smtp", remote.address, **handler_options)
             with logfunnel.LogManager(handlers=[handler]) as manager:
