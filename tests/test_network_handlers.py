@@ -159,6 +159,19 @@ def test_plain_http_get_handler_sends_what_it_sends_from_the_worker():
 
 
 @pytest.mark.timeout(120)
+def test_http_handler_given_to_a_log_manager_sends_what_it_sends_from_the_worker():
+    """HTTPHandler (POST, Basic credentials) handed to LogManager(handlers=[...]): the same requests."""
+    options = {"credentials": CREDENTIALS, "method": "POST"}
+    with HTTPServer(credentials=CREDENTIALS) as remote, HTTPServer(credentials=CREDENTIALS) as local:
+        with logfunnel.LogManager(handlers=[make_handler("http", remote.address, **options)]) as manager:
+            _both_ways(manager.queue, "http", local, options, "spawn")
+        expected, got = local.wait_for(TOTAL), remote.wait_for(TOTAL)
+    assert _http_fields(got, merged=True) == _http_fields(expected, merged=False)
+    assert {_http_request_parts(r) for r in got} == {_http_request_parts(r) for r in expected}
+    assert remote.unauthorized == 0
+
+
+@pytest.mark.timeout(120)
 def test_https_handler_in_a_log_manager_sends_what_it_sends_from_the_worker(ca, cafile):
     """HTTPHandler in a LogManager (configured there: an SSLContext does not pickle): the same requests."""
     options = {"tls": True, "credentials": CREDENTIALS, "cafile": cafile, "method": "POST"}
