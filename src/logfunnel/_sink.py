@@ -9,7 +9,6 @@ connection, and reads the listener's acknowledgements. Everything here is rebuil
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import multiprocessing
 import os
@@ -646,7 +645,7 @@ def _cut_record(record: logging.LogRecord, index: int, cut: set[int]) -> None:
 
 
 _PLAIN = (str, int, float, bool, type(None))
-_CONTAINER_TYPES = (dict, list, tuple)
+_CONTAINER_TYPES = (dict, list, tuple, set, frozenset, bytes)  # as nested JSON that keeps their types
 
 
 def _plain_state(
@@ -674,7 +673,7 @@ def _plain_state(
         if kind is _wire.Ext:  # a nested value made on the first pass
             continue
         if kind in _CONTAINER_TYPES and nested is not None and not strict and _wire.wire_safe(value):
-            text = _json(value)  # plain and at most _MAX_DEPTH deep: the same on every Python
+            text = _wire.nest(value)  # plain and at most _MAX_DEPTH deep: the same on every Python
             if text is not None and len(text) <= _wire.MAX_NESTED_VALUE:
                 state[key] = _wire.Ext(_wire.NESTED, text.encode("ascii"))
                 nested.append((index, key))
@@ -682,14 +681,6 @@ def _plain_state(
             if text is not None and cut is not None:
                 cut.add(index)
         state[key] = _cut_text(_wire.safe_repr(value))
-
-
-def _json(value: Any) -> str | None:
-    """*value* as JSON (ASCII, so lone surrogates survive), what JSON cannot hold as its repr."""
-    try:
-        return json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=_wire.safe_repr)
-    except Exception:  # a circular or too deep structure, a key that is not a plain scalar
-        return None
 
 
 def _nested_size(records: list[dict[str, Any]] | None, nested: list[tuple[int, str]]) -> int:

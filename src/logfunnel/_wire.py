@@ -62,9 +62,11 @@ __all__ = [
     "escape",
     "formatter_spec",
     "frame",
+    "nest",
     "pack",
     "record_state",
     "safe_repr",
+    "unnest",
     "wire_safe",
 ]
 
@@ -279,8 +281,8 @@ def _unpack(batch: Batch) -> None:
             raise FrameError(f"malformed batch: {total} bytes of nested values exceed {MAX_NESTED}")
         for index, key, ext in found:
             try:
-                records[index][key] = json.loads(bytes(ext.data))
-            except Exception as exc:  # bad JSON, too deep, an int of too many digits
+                records[index][key] = unnest(bytes(ext.data))
+            except Exception as exc:  # bad JSON or tag, too deep, an int of too many digits
                 raise FrameError(f"malformed batch: nested value ({type(exc).__name__}: {exc})") from None
     if batch.escaped:
         for chunk in batch.lines:
@@ -300,6 +302,92 @@ def _unescape(ext: Ext) -> str:
         return bytes(ext.data).decode("utf-8", "surrogatepass")
     except UnicodeDecodeError as exc:
         raise FrameError(f"malformed batch: escaped string ({exc})") from None
+
+
+# -- containers in records, as JSON that keeps their types ------------------------------------------
+#
+# JSON has arrays and string-keyed objects only; a record's extras may hold tuples, sets, bytes and
+# dicts with int keys, which a handler that reads them (SocketHandler's pickle, HTTPHandler's str())
+# must see as they were. Each of those travels as a one-key object whose key starts with NUL, which
+# no JSON encoder writes for a plain dict here: a dict whose keys are not all strings, or that has a
+# key starting with NUL, travels as a list of pairs. Decoding adds one check per object (linear);
+# set members and dict keys must be scalars whose hashes a peer cannot make collide (strings, ints
+# within 64 bits, floats, bools, None), so building them costs linear time too.
+
+_TUPLE, _SET, _FROZENSET, _DICT, _BYTES = "\x00t", "\x00s", "\x00f", "\x00d", "\x00b"
+
+
+def _hashable(value: object) -> bool:
+    kind = type(value)
+    if kind is int:
+        return -(2**63) <= value < 2**63  # type: ignore[operator]
+    return kind is str or kind is float or kind is bool or value is None
+
+
+def _tag(value: Any, depth: int) -> Any:
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    if depth > _MAX_DEPTH:
+        raise _NotWireSafe("too deep")
+    if kind is list:
+        return [_tag(item, depth + 1) for item in value]
+    if kind is tuple:
+        return {_TUPLE: [_tag(item, depth + 1) for item in value]}
+    if kind is dict:
+        if all(type(k) is str and k[:1] != "\x00" for k in value):
+            return {k: _tag(v, depth + 1) for k, v in value.items()}
+        if not all(_hashable(k) for k in value):
+            raise _NotWireSafe("a dict key that is not a plain scalar")
+        return {_DICT: [[k, _tag(v, depth + 1)] for k, v in value.items()]}
+    if kind is set or kind is frozenset:
+        if not all(_hashable(member) for member in value):
+            raise _NotWireSafe("a set member that is not a plain scalar")
+        return {_SET if kind is set else _FROZENSET: list(value)}
+    if kind is bytes:
+        return {_BYTES: value.decode("latin-1")}
+    raise _NotWireSafe(kind.__name__)
+
+
+def nest(value: Any) -> str | None:
+    """*value* (a container or bytes of plain values) as ASCII JSON text that ``unnest`` turns back
+    into an equal value of the same types all the way down; None if it holds anything else, is more
+    than 32 deep, or is a set or dict key that is not a plain scalar."""
+    try:
+        return json.dumps(_tag(value, 0), ensure_ascii=True, separators=(",", ":"))
+    except (_NotWireSafe, ValueError, TypeError, RecursionError):  # ValueError: an int of too many digits
+        return None
+
+
+def _untag(obj: dict[str, Any]) -> Any:
+    if len(obj) != 1:
+        return obj
+    ((tag, value),) = obj.items()
+    if tag[:1] != "\x00":
+        return obj
+    if type(value) is list:
+        if tag == _TUPLE:
+            return tuple(value)
+        if tag in (_SET, _FROZENSET):
+            for member in value:
+                if not _hashable(member):
+                    raise ValueError(f"a set member that is not a plain scalar: {type(member).__name__}")
+            return set(value) if tag == _SET else frozenset(value)
+        if tag == _DICT:
+            result = {}
+            for pair in value:
+                if type(pair) is not list or len(pair) != 2 or not _hashable(pair[0]):
+                    raise ValueError("a dict item that is not a [plain scalar, value] pair")
+                result[pair[0]] = pair[1]
+            return result
+    if tag == _BYTES and type(value) is str:
+        return value.encode("latin-1")
+    raise ValueError(f"unknown or malformed tagged value {tag!r}")
+
+
+def unnest(data: bytes) -> Any:
+    """Decode what ``nest`` made; raise ``ValueError`` (or ``RecursionError``) for anything else."""
+    return json.loads(data, object_hook=_untag)
 
 
 def safe_repr(value: object) -> str:
