@@ -28,6 +28,7 @@ from typing import Any
 
 from ._exit import at_exit
 from ._handling import UnlockedHandle, banner
+from ._probes import probe_for
 
 __all__ = ["Lane", "Retry", "abandon_target", "inline", "is_lane"]
 
@@ -206,6 +207,7 @@ class Lane(UnlockedHandle, logging.Handler):
         self.drain_timeout = float(drain_timeout)
         self.block_timeout = float(block_timeout)
         self.name = name or f"lane-{type(handler).__name__}"
+        self._probe = probe_for(handler)  # a stdlib handler that fails without saying so (_probes)
         self._reset()
 
     def _reset(self) -> None:
@@ -361,7 +363,10 @@ class Lane(UnlockedHandle, logging.Handler):
         first_failure = 0.0
         while True:
             self._failure = None
+            probe = self._probe
             try:
+                if probe is not None:
+                    probe.before()
                 self.target.handle(record)
             except Exception as exc:
                 # A handle() that raises instead of calling handleError() (the stdlib's handlers
@@ -370,6 +375,13 @@ class Lane(UnlockedHandle, logging.Handler):
                 self._give_up(record, exc)
                 return False
             failure = self._failure
+            if failure is None and probe is not None:
+                found = probe.after()
+                if found is not None:
+                    failure, retry = found
+                    if not retry:
+                        self._give_up(record, failure)
+                        return False
             if failure is None:
                 return True
             if self._abandon:
