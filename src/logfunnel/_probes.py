@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import select
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -65,10 +66,14 @@ def _socket_probe(handler: logging.handlers.SocketHandler) -> Probe:
         sock = handler.sock
         if sock is None:
             return
-        try:
-            left = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except (BlockingIOError, InterruptedError):
+        # A poll first: a socket with a timeout (SocketHandler's has one) waits in recv() even
+        # with MSG_DONTWAIT, and would time out on every healthy connection.
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        if not poller.poll(0):
             return  # still open, nothing said: the usual case
+        try:
+            left = sock.recv(1, socket.MSG_PEEK) == b""
         except OSError:
             left = True  # reset
         if left:
