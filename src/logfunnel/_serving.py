@@ -13,6 +13,7 @@ import errno
 import fcntl
 import hmac
 import logging
+import operator
 import os
 import selectors
 import socket
@@ -591,6 +592,26 @@ _RECORD_TYPES: tuple[tuple[str, tuple[type, ...]], ...] = (
     ("stack_info", (str, type(None))),
 )
 _ABSENT = object()
+_KEYS = ("levelno", "name", *(key for key, _ in _RECORD_TYPES))
+_FIELDS = operator.itemgetter(*_KEYS)
+#: Tuples of the types of _KEYS' values already found valid (a few per run: records from one
+#: program have the same shapes), so that checking a record costs one C-level fetch and a lookup.
+_VALID_SHAPES: set[tuple[type, ...]] = set()
+_MAX_SHAPES = 4096
+
+
+def _check_record(state: dict[str, Any]) -> None:
+    """The full check of one record's attribute types (the slow path, for a shape not seen yet)."""
+    level = state.get("levelno")
+    if type(level) is not int or type(state.get("name")) is not str:
+        raise ProtocolError("malformed batch: a record is not an attribute dict")
+    for key, kinds in _RECORD_TYPES:
+        value = state.get(key, _ABSENT)
+        if value is not _ABSENT and type(value) not in kinds:
+            raise ProtocolError(
+                f"malformed batch: record attribute {key} is {type(value).__name__}, "
+                f"expected {' or '.join(kind.__name__ for kind in kinds)}"
+            )
 
 
 def _check_batch(
@@ -607,15 +628,19 @@ def _check_batch(
     if records is not None:
         if len(records) != count:
             raise ProtocolError("malformed batch: records do not match the levels")
+        shapes = _VALID_SHAPES
         for state in records:
-            level = state.get("levelno")
-            if type(level) is not int or not 0 <= level < 2**31 or type(state.get("name")) is not str:
+            try:
+                values = _FIELDS(state)
+            except KeyError:  # a record without some of the fields (a Python without taskName...)
+                _check_record(state)
+            else:
+                shape = tuple(map(type, values))
+                if shape not in shapes:
+                    _check_record(state)
+                    if len(shapes) < _MAX_SHAPES:
+                        shapes.add(shape)
+            level = state["levelno"]
+            if not 0 <= level < 2**31:
                 raise ProtocolError("malformed batch: a record is not an attribute dict")
-            for key, kinds in _RECORD_TYPES:
-                value = state.get(key, _ABSENT)
-                if value is not _ABSENT and type(value) not in kinds:
-                    raise ProtocolError(
-                        f"malformed batch: record attribute {key} is {type(value).__name__}, "
-                        f"expected {' or '.join(kind.__name__ for kind in kinds)}"
-                    )
     return count
