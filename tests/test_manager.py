@@ -604,3 +604,15 @@ def test_manager_whose_parent_is_sigkilled_removes_its_private_folder(tmp_path):
         parent.kill()
         parent.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_handler_that_cannot_cross_to_the_manager_is_named_with_the_fix() -> None:
+    """An HTTPHandler holding an SSLContext cannot be pickled: the error names it and says to use config=."""
+    import logging.handlers
+    import ssl
+
+    handler = logging.handlers.HTTPHandler(
+        "127.0.0.1:9", "/log", secure=True, context=ssl.create_default_context()
+    )
+    with pytest.raises(TypeError, match=r"^LogManager\(\) cannot send <HTTPHandler .*pass config="):
+        logfunnel.LogManager(handlers=[handler]).start()

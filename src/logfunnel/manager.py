@@ -102,8 +102,18 @@ def _handler_pickler() -> Any:
 
 
 def _dump_handlers(handlers: list[logging.Handler]) -> bytes:
+    pickler = _handler_pickler()
+    for handler in handlers:  # one at a time first, so that a failure can name its handler
+        try:
+            pickler(io.BytesIO(), recurse=True).dump(handler)
+        except Exception as exc:
+            raise TypeError(
+                f"LogManager() cannot send {handler!r} to the manager process ({type(exc).__name__}: "
+                f"{exc}); an object such as an ssl.SSLContext or an open socket cannot cross a process "
+                "boundary: pass config= (a dictConfig dict, built in the manager) instead of handlers="
+            ) from exc
     buffer = io.BytesIO()
-    _handler_pickler()(buffer, recurse=True).dump(handlers)
+    pickler(buffer, recurse=True).dump(handlers)
     return buffer.getvalue()
 
 
