@@ -463,3 +463,83 @@ def test_explicit_lane_crosses_to_a_log_manager(tmp_path):
             (figures,) = manager.stats()["manager"]["lanes"]
     assert (figures["name"], figures["capacity"]) == ("to-http", 123)
     assert len(port.requests) == 10
+
+
+# -- a saturated lane pauses whole records ----------------------------------------------------------
+
+
+class _Gate(logging.Handler):
+    """A sink that stalls until .open is set, then keeps every message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = threading.Event()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.open.wait(60)
+        self.messages.append(record.getMessage())
+
+
+def _batches_with_records(listener: LogListener) -> list[bool]:
+    """Record, for every batch the listener decodes from now on, whether it carried whole records."""
+    seen: list[bool] = []
+    dispatch = listener._dispatcher.dispatch
+
+    def spy(levels, lines, records):
+        seen.append(records is not None)
+        dispatch(levels, lines, records)
+
+    listener._dispatcher.dispatch = spy
+    return seen
+
+
+@pytest.mark.timeout(90)
+def test_saturated_lane_stops_workers_sending_whole_records_and_counts_them_dropped(tmp_path):
+    """While the only lane that needs records is full, workers send lines alone (cheaper for the file
+    beside it); the lane counts every record it never got as dropped, exactly; nobody else loses any."""
+    path = tmp_path / "app.log"
+    gate = _Gate()
+    lane = Lane(gate, capacity=20, drain_timeout=0.5, name="gate")
+    listener = logfunnel.start_listener(handlers=[_file_handler(path), lane])
+    seen = _batches_with_records(listener)
+    try:
+        _run_workers("fork", listener.queue, count=3000)
+        assert wait_for(lambda: _lines(path) == 6000, 30)
+        stats = listener.stats()
+    finally:
+        gate.open.set()
+        listener.stop()
+    assert (stats["received"], stats["dropped"], stats["lost"]) == (6000, 0, 0)
+    assert False in seen, "every batch carried whole records although the lane was full"
+    figures = _lane(listener.stats(), "_Gate")
+    assert figures["dropped"] > 0
+    assert _accounted(figures) == 6000
+    assert_exactly_once(path, {0: 3000, 1: 3000})
+
+
+@pytest.mark.timeout(90)
+def test_lane_with_room_again_gets_whole_records_again(tmp_path):
+    """Once a saturated lane has drained to half its buffer, workers send whole records again and
+    the lane handles what comes next."""
+    path = tmp_path / "app.log"
+    gate = _Gate()
+    lane = Lane(gate, capacity=20, drain_timeout=5, name="gate")
+    listener = logfunnel.start_listener(handlers=[_file_handler(path), lane])
+    try:
+        _run_workers("fork", listener.queue, count=2000)
+        assert wait_for(lambda: _lines(path) == 4000, 30)
+        gate.open.set()
+        assert wait_for(lambda: _lane(listener.stats(), "_Gate")["backlog"] == 0, 30)
+        before = len(gate.messages)
+        # The first batch after the pause may still come without records (its worker learns from
+        # the acknowledgement of the batch before); the ones after carry them again.
+        for _ in range(3):
+            _run_workers("fork", listener.queue, count=20, workers=1)
+            assert wait_for(lambda: _lines(path) >= 4000, 30)
+        assert wait_for(lambda: len(gate.messages) > before, 30)
+    finally:
+        listener.stop()
+    figures = _lane(listener.stats(), "_Gate")
+    assert figures["handled"] == len(gate.messages)
+    assert _accounted(figures) == 4000 + 3 * 20

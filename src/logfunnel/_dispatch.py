@@ -125,6 +125,7 @@ class Dispatcher:
         self._lanes_lock = threading.Lock()
         self.plan: dict[str, Any] = {"formats": [], "full": True, "level": level}
         self.undelivered = 0
+        self._pausable = False
 
     # -- the plan ----------------------------------------------------------------------------------
 
@@ -149,6 +150,13 @@ class Dispatcher:
                 handler.formatter = stand_in  # type: ignore[assignment]
                 self._wrapped.append((handler, stand_in))
         self.plan = {"formats": specs, "full": not self._prerender or bool(self._slow), "level": self.level}
+        # Whole records may be paused (wants_records) only when every handler needing them is on a
+        # lane made here with a plain drop-newest buffer, and nothing else (a seam, routing) needs them.
+        self._pausable = (
+            self._prerender
+            and bool(self._slow)
+            and all(isinstance(target, Lane) and not target.filters for _, target in self._slow)
+        )
         for handler in self.handlers:
             if isinstance(handler, Lane):
                 handler._held = True  # noqa: SLF001  (drained by stop(), after the last records)
@@ -181,6 +189,8 @@ class Dispatcher:
             if chosen:
                 _write_lines(handler, chosen)  # type: ignore[arg-type]
         if records is None:
+            if self._slow and self._pausable:
+                self._count_unsent(levels)
             return
         seam = self._seam
         if seam is None and not self._slow and not self.routed:
@@ -205,6 +215,22 @@ class Dispatcher:
                 self.deliver(record, self._slow)
         else:
             self._deliver_batch(levels, made)
+
+    def wants_records(self) -> bool:
+        """Whether workers should send whole records with their lines. Not while every handler that
+        needs them sits on a lane of its own that is saturated (a dead sink): its records would only
+        be dropped, and making, sending and decoding them would slow the file handlers beside it.
+        The lanes count the records not sent as dropped (``_count_unsent``)."""
+        if not self._pausable:
+            return True
+        return not all(target.saturated for _, target in self._slow)  # type: ignore[attr-defined]
+
+    def _count_unsent(self, levels: list[int]) -> None:
+        low = min(levels)
+        for handler, target in self._slow:
+            threshold = max(self.level, handler.level if self.respect_handler_level else 0)
+            count = len(levels) if threshold <= low else sum(1 for level in levels if level >= threshold)
+            target.count_dropped(count)  # type: ignore[attr-defined]
 
     def _deliver_batch(self, levels: list[int], records: list[logging.LogRecord]) -> None:
         # A lane takes the batch in one call (one lock); an inline handler record by record. Order

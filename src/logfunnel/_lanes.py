@@ -227,6 +227,7 @@ class Lane(UnlockedHandle, logging.Handler):
         self._abandon = False  # give up: end as soon as the target lets go
         self._held = False  # a running listener drains and stops it (not the exit hook here)
         self.handled = self.dropped = self.failed = self.retried = self.undelivered = 0
+        self._saturated = False
         self._reported_drops = 0
         self._reported_at = 0.0
 
@@ -261,6 +262,31 @@ class Lane(UnlockedHandle, logging.Handler):
                 cond.notify_all()
         if self.dropped > self._reported_drops:
             self._report_drops()
+
+    @property
+    def saturated(self) -> bool:
+        """Whether a record given now would surely be dropped (``drop_newest``, buffer full): then a
+        listener may stop asking its workers for whole records until the buffer is half empty again
+        (``count_dropped`` counts the ones never built)."""
+        if self.when_full != "drop_newest" or self._state != "running":
+            return False
+        waiting = len(self._buffer)
+        if self._saturated:
+            self._saturated = waiting > self.capacity // 2
+        else:
+            self._saturated = waiting >= self.capacity
+        return self._saturated
+
+    def count_dropped(self, count: int) -> None:
+        """Count *count* records this lane would have been given while it was saturated."""
+        if count <= 0:
+            return
+        with self._cond:
+            if self._state != "running" or self._stopping:
+                self.undelivered += count
+            else:
+                self.dropped += count
+        self._report_drops()
 
     def handle_batch(self, records: list[logging.LogRecord]) -> None:
         """Append many records at once (one lock, not one per record), as ``emit`` would one by one.

@@ -335,18 +335,24 @@ class SocketServing:
             self._acknowledge(conn, process)
         return len(data)
 
-    @staticmethod
-    def _acknowledge(conn: _Connection, process: _Process) -> None:
+    def _records_wanted(self) -> bool | None:
+        """Whether workers should send whole records with their lines now (None: as the plan says)."""
+        return None
+
+    def _acknowledge(self, conn: _Connection, process: _Process) -> None:
         # Everything up to next_seq - 1 is handled. Never wait for a worker to read: while its buffer
         # is full, the rest of a partly sent acknowledgement waits, and newer ones (they are
-        # cumulative) are skipped until it has gone.
+        # cumulative) are skipped until it has gone. An acknowledgement may also say whether to send
+        # whole records (see Dispatcher.wants_records).
         try:
             if conn.unsent:
                 conn.unsent = conn.unsent[conn.sock.send(conn.unsent) :]
                 if conn.unsent:
                     return
             seq = (process.next_seq or 1) - 1
-            data = _wire.frame(_wire.encode((_wire.ACK, seq)))
+            wanted = self._records_wanted()
+            ack = (_wire.ACK, seq) if wanted is None else (_wire.ACK, seq, wanted)
+            data = _wire.frame(_wire.encode(ack))
             conn.unsent = data[conn.sock.send(data) :]
             process.acked = seq
         except OSError:

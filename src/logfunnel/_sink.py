@@ -77,7 +77,7 @@ class SocketSink:
         self._closing = False
         self._sock: Any = None
         self._renderers: list[_wire.Renderer] = []
-        self._full = True
+        self._full = self._plan_full = True
         self._incarnation = os.urandom(8)
         self._hooked = False
         # One writer at a time: the sender, a checkpoint, or the goodbye. Re-entrant, because a SIGTERM
@@ -360,11 +360,15 @@ class SocketSink:
             offset = end
             if (
                 type(message) is tuple
-                and len(message) == 2
+                and len(message) in (2, 3)
                 and message[0] == _wire.ACK
                 and type(message[1]) is int
             ):
                 self._acked = max(self._acked, message[1])
+                if len(message) == 3 and type(message[2]) is bool and self._plan_full:
+                    # The listener's lanes that need whole records are saturated (False), or have
+                    # room again (True): send lines alone meanwhile (Dispatcher.wants_records).
+                    self._full = message[2]
         del acks[:offset]
 
     def _connect(self, timeout: float | None = None) -> bool:
@@ -372,7 +376,7 @@ class SocketSink:
         try:
             sock, plan = connect(self.handle, hello, timeout or HANDSHAKE_TIMEOUT)
             self._renderers = [_wire.Renderer(spec) for spec in plan["formats"]]
-            self._full = bool(plan["full"])
+            self._full = self._plan_full = bool(plan["full"])
         except Exception as exc:
             if timeout is not None and isinstance(exc, TimeoutError):
                 return False  # a busy listener, not a wrong address: the sender tries again later

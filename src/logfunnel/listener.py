@@ -271,6 +271,11 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
 
     # -- dispatch (the Dispatcher decides where each record goes: see _dispatch) ------------------
 
+    def _records_wanted(self) -> bool | None:
+        if not self._plan.get("full"):
+            return None
+        return self._dispatcher.wants_records()
+
     def _seams_overridden(self) -> bool:
         kind = type(self)
         return kind.handle is not LogListener.handle or kind.prepare is not LogListener.prepare
