@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -264,6 +265,12 @@ def test_emfile_with_nothing_to_give_up_backs_off(
         share = child.cpu_share(3.0)
         assert share < 0.5, f"the listener used {share:.0%} of a core while out of descriptors"
         assert child.command("release") == "released\n"
+        # Accepting again: each waiting connection gets its greeting (the pause ends within
+        # ACCEPT_BACKOFF); only then does the worker, whose exit gives up at its first failed
+        # connect, try to join.
+        for sock in waiting:
+            ready, _, _ = select.select([sock], [], [], 15)
+            assert ready, "the listener did not accept again after descriptors were freed"
         _run_worker(child.handle, 100)
     finally:
         for sock in waiting:
