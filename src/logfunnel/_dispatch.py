@@ -180,7 +180,7 @@ class Dispatcher:
     ) -> None:
         """A decoded batch: rendered lines to the fast handlers, records to the rest."""
         for handler, index in self._fast:
-            threshold = max(self.level, handler.level if self.respect_handler_level else 0)
+            threshold = self._threshold(handler)
             chosen = lines[index]
             if threshold > min(levels):
                 chosen = [line for line, level in zip(chosen, levels) if level >= threshold]
@@ -216,6 +216,10 @@ class Dispatcher:
         else:
             self._deliver_batch(levels, made)
 
+    def _threshold(self, handler: logging.Handler) -> int:
+        """The lowest level *handler* takes from this dispatcher."""
+        return max(self.level, handler.level if self.respect_handler_level else 0)
+
     def wants_records(self) -> bool:
         """Whether workers should send whole records with their lines. Not while every handler that
         needs them sits on a lane of its own that is saturated (a dead sink): its records would only
@@ -228,7 +232,7 @@ class Dispatcher:
     def _count_unsent(self, levels: list[int]) -> None:
         low = min(levels)
         for handler, target in self._slow:
-            threshold = max(self.level, handler.level if self.respect_handler_level else 0)
+            threshold = self._threshold(handler)
             count = len(levels) if threshold <= low else sum(1 for level in levels if level >= threshold)
             target.count_dropped(count)  # type: ignore[attr-defined]
 
@@ -236,7 +240,7 @@ class Dispatcher:
         # A lane takes the batch in one call (one lock); an inline handler record by record. Order
         # holds per handler; across handlers it never could (a lane delivers in its own time).
         for handler, target in self._slow:
-            threshold = max(self.level, handler.level if self.respect_handler_level else 0)
+            threshold = self._threshold(handler)
             chosen = records
             if threshold > min(levels):
                 chosen = [record for record, level in zip(records, levels) if level >= threshold]

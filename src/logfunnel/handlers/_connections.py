@@ -11,6 +11,7 @@ confirmed).
 
 from __future__ import annotations
 
+import abc
 import fcntl
 import select
 import socket
@@ -30,7 +31,7 @@ _OUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if sys.platform.startswit
 _TCP_ESTABLISHED = 1  # tcp_info.tcpi_state (linux/tcp_states.h)
 
 
-class Connection:
+class Connection(abc.ABC):
     """What the sender needs from a connection; the base class is one that confirms on write."""
 
     @property
@@ -38,8 +39,9 @@ class Connection:
         """Messages written and not yet known delivered."""
         return 0
 
+    @abc.abstractmethod
     def send(self, batch: list[bytes]) -> None:
-        raise NotImplementedError
+        """Write every message of *batch*, or raise OSError."""
 
     def confirm(self) -> int:
         """How many more messages are known delivered since the last call."""
@@ -47,6 +49,7 @@ class Connection:
 
     def settle(self, timeout: float) -> None:
         """Wait at most *timeout* for confirmations (only where waiting reads them, as in RELP)."""
+        return None  # a connection that confirms on write has nothing to wait for
 
     def broken(self) -> bool:
         """True if the peer has closed or reset the connection (checked without blocking)."""
@@ -58,7 +61,7 @@ class Connection:
         return [], 0, 0
 
     def close(self) -> None:
-        pass
+        return None  # nothing held open by the base
 
 
 class UdpLink(Connection):
