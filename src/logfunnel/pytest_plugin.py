@@ -1,0 +1,1 @@
+"""pytest plugin (a ``pytest11`` entry point): the ``funnel`` fixture, records from child processes."""
