@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logfunnel import _pickles
-from logfunnel._pickles import PickleRefused, loads, tree_size
+from logfunnel._pickles import MAX_PLAIN_KEYS, PickleRefused, loads, tree_size
 
 # -- what the stdlib makes decodes to the same value ----------------------------------------------------
 
@@ -70,11 +70,53 @@ def test_special_floats_and_strings_decode(protocol: int) -> None:
     assert math.copysign(1, decoded[1]) == -1
 
 
-@pytest.mark.parametrize("protocol", range(3))
-def test_bytes_in_protocols_below_3_are_refused_as_a_global(protocol: int) -> None:
-    """Bytes pickled with protocols 0-2 are a call of _codecs.encode: refused, not looked up."""
-    with pytest.raises(PickleRefused, match=r"opcode GLOBAL"):
-        loads(pickle.dumps(b"abc", protocol))
+@pytest.mark.parametrize("protocol", range(6))
+@pytest.mark.parametrize(
+    "value",
+    [b"abc\xff\x00", b"", {1, "a", None}, frozenset({2.5, (1, "x")}), set(), {"k": [b"x", {b"y"}]}],
+    ids=["bytes", "empty-bytes", "set", "frozenset", "empty-set", "nested"],
+)
+def test_bytes_and_sets_decode_under_every_protocol(protocol: int, value: Any) -> None:
+    """Bytes, sets and frozensets decode under every protocol (under 0-2 they are pickled as calls)."""
+    decoded = loads(pickle.dumps(value, protocol))
+    assert decoded == value and type(decoded) is type(value)
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (b"cos\nsystem\n(S'true'\ntR.", r"global os\.system: it would import or call code"),
+        (b"cbuiltins\neval\n.", r"global builtins\.eval"),
+        (b"c_codecs\nencode\n(X\x01\x00\x00\x00aX\x05\x00\x00\x00utf_8tR.", r"\(text, 'latin1'\)"),
+        (b"c_codecs\nencode\n(X\x02\x00\x00\x00\xe2\x82tR.", r"invalid UTF-8|cannot encode"),
+        (b"c__builtin__\nbytes\n(K\x05tR.", r"bytes\(\) called with arguments"),
+        (b"c__builtin__\nset\n(K\x05tR.", r"other arguments than one list"),
+        (b"c__builtin__\nset\n(]]atR.", r"dict key of type list"),
+        (b"c__builtin__\nset\n.", r"global set left uncalled"),
+        (b"N)R.", r"a call of a NoneType"),
+    ],
+    ids=[
+        "os.system",
+        "eval",
+        "utf8",
+        "not-latin1",
+        "bytes-args",
+        "set-args",
+        "unhashable",
+        "uncalled",
+        "none",
+    ],
+)
+def test_only_the_calls_that_stand_for_bytes_and_sets_are_rebuilt(payload: bytes, why: str) -> None:
+    """Any other global, or those calls with other arguments, is refused, never looked up."""
+    with pytest.raises(PickleRefused, match=why):
+        loads(payload)
+
+
+def test_a_set_of_colliding_float_members_is_bounded() -> None:
+    """Set members whose hashes an attacker can make collide count against MAX_PLAIN_KEYS."""
+    with pytest.raises(PickleRefused, match=r"float or tuple dict keys"):
+        loads(pickle.dumps({float(i) + 0.5 for i in range(MAX_PLAIN_KEYS + 1)}, 1))
 
 
 @settings(max_examples=500, deadline=None)
@@ -140,11 +182,10 @@ def test_every_opcode_that_could_call_is_refused_by_name_and_offset(opcode: byte
         loads(payload)
 
 
-@pytest.mark.parametrize("value", [{1, 2}, frozenset({1}), bytearray(b"x")])
-def test_sets_and_bytearrays_are_refused(value: Any) -> None:
-    """Sets, frozensets and bytearrays (protocol 5) are not among the accepted values."""
-    with pytest.raises(PickleRefused, match=r"only None, bool, int, float, str, bytes, tuple, list and dict"):
-        loads(pickle.dumps(value, 5))
+def test_bytearrays_are_refused() -> None:
+    """Bytearrays (protocol 5) are not among the accepted values."""
+    with pytest.raises(PickleRefused, match=r"only None, bool, int, float, str, bytes, tuple, list, dict"):
+        loads(pickle.dumps(bytearray(b"x"), 5))
 
 
 def test_an_unknown_opcode_is_refused() -> None:

@@ -155,6 +155,21 @@ def test_none_handlers_route_through_this_process_logging_configuration() -> Non
 
 
 @pytest.mark.timeout(60)
+def test_bytes_and_sets_in_extras_arrive_with_their_types() -> None:
+    """A stdlib SocketHandler pickles bytes and sets as calls (protocol 1): they arrive as such."""
+    got = Collect()
+    extra = {"raw": b"\x00\xffid", "empty": b"", "tags": {"a", 1}, "frozen": frozenset({2.5})}
+    with logfunnel.start_receiver([got], tcp="127.0.0.1:0") as receiver:
+        assert receiver.tcp_address is not None
+        send_records(receiver.tcp_address, make("remote.app", logging.INFO, "with bytes", **extra))
+        wait_for(lambda: receiver.stats()["received"] == 1)
+    assert receiver.stats()["rejected"] == 0
+    (record,) = got.records
+    assert {key: getattr(record, key) for key in extra} == extra
+    assert type(record.tags) is set and type(record.frozen) is frozenset
+
+
+@pytest.mark.timeout(60)
 def test_peer_logger_names_create_no_loggers() -> None:
     """Logger names a peer makes up are handled by their nearest logger, and create none."""
     root = Collect()

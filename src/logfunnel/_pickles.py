@@ -1,12 +1,16 @@
 """A pickle decoder for plain values only: no global is ever looked up, nothing is ever called.
 
 ``loads(data)`` reads pickles of protocols 0 to 5 made of None, bool, int, float, str, bytes, tuple,
-list and dict (with the memo, MARK, FRAME and the other opcodes that only arrange those), which is
-what the standard library's ``SocketHandler`` and ``DatagramHandler`` send: a record's ``__dict__``.
-Every opcode that could import or call something (GLOBAL, STACK_GLOBAL, REDUCE, BUILD, INST, OBJ,
-NEWOBJ, NEWOBJ_EX, EXT1/2/4, PERSID, BINPERSID), the out-of-band buffers of protocol 5, sets and
-bytearrays, and any unknown opcode are refused with a ``PickleRefused`` naming the opcode and its
-offset. So are bytes pickled with protocols 0 to 2: those are a call of ``_codecs.encode``.
+list, dict, set and frozenset (with the memo, MARK, FRAME and the other opcodes that only arrange
+those), which is what the standard library's ``SocketHandler`` and ``DatagramHandler`` send: a
+record's ``__dict__``, pickled with protocol 1. Under protocols 0 to 2, bytes, sets and frozensets are
+pickled as calls (``_codecs.encode(text, "latin1")``, ``__builtin__.set([...])``): those exact calls
+are recognised by name and rebuilt here, without importing or calling anything, and their
+arguments are checked (text that latin-1 can encode; set members as dict keys below). Every other
+global, and every opcode that could import or call something (STACK_GLOBAL, BUILD, INST, OBJ,
+NEWOBJ, NEWOBJ_EX, EXT1/2/4, PERSID, BINPERSID, a REDUCE of anything but those calls), the
+out-of-band buffers of protocol 5, bytearrays, and any unknown opcode are refused with a
+``PickleRefused`` naming the opcode and its offset.
 
 Bounded cost (DESIGN rule 11): every opcode does constant work, or work linear in the bytes it read
 or in the items it pops (each pushed once by an opcode of its own), so decoding is linear in the
@@ -14,11 +18,11 @@ bytes. What is not linear is caught by limits:
 
 - integers: text ones (``INT``, ``LONG``) at most ``MAX_INT_DIGITS`` digits (int() of text is
   quadratic), binary ones (``LONG1``, ``LONG4``) at most ``MAX_LONG_BYTES`` bytes;
-- dict keys: only str, bytes, None, bool, float, int within the 61-bit range where distinct ints
-  hash apart, and tuples of those of size at most ``MAX_KEY_SIZE``; at most ``MAX_PLAIN_KEYS`` keys
-  per pickle whose hash an attacker could make collide (floats and tuples), so that no dict is
-  filled in quadratic time; hashing a tuple is not cached by Python and would otherwise cost the
-  size of its whole shared tree each time;
+- dict keys and set members: only str, bytes, None, bool, float, int within the 61-bit range where
+  distinct ints hash apart, and tuples of those of size at most ``MAX_KEY_SIZE``; at most
+  ``MAX_PLAIN_KEYS`` keys per pickle whose hash an attacker could make collide (floats and tuples),
+  so that no dict or set is filled in quadratic time; hashing a tuple is not cached by Python and
+  would otherwise cost the size of its whole shared tree each time;
 - memo references: a GET returns the same object again, which costs nothing in memory but costs a
   formatter or a ``repr`` its whole size each time it is met ("billion laughs": ten nested lists of
   ten references each are 10**10 items to print). So once decoded, the value is walked as the tree
@@ -65,9 +69,7 @@ class PickleRefused(ValueError):
 
 # The opcodes refused because they import or call, by byte, with pickletools' names for the errors.
 _REFUSED = {
-    ord("c"): "GLOBAL",
     0x93: "STACK_GLOBAL",
-    ord("R"): "REDUCE",
     ord("b"): "BUILD",
     ord("i"): "INST",
     ord("o"): "OBJ",
@@ -79,15 +81,36 @@ _REFUSED = {
     ord("P"): "PERSID",
     ord("Q"): "BINPERSID",
 }
-# Refused because they build what a record has no use for (and sets are not in the allowed list).
+# Refused because they build what a record has no use for.
 _UNSUPPORTED = {
-    0x8F: "EMPTY_SET",
-    0x90: "ADDITEMS",
-    0x91: "FROZENSET",
     0x96: "BYTEARRAY8",
     0x97: "NEXT_BUFFER",
     0x98: "READONLY_BUFFER",
 }
+
+
+class _Call:
+    """A global the pickle named and may only call once, with checked arguments (REDUCE): one of
+    ``_CALLS``. Never part of a decoded value (``tree_size`` refuses it)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+# The calls protocols 0-2 make of bytes, sets and frozensets, by (module, name) as GLOBAL names them.
+_CALLS = {
+    ("_codecs", "encode"): _Call("encode"),
+    ("__builtin__", "bytes"): _Call("bytes"),
+    ("builtins", "bytes"): _Call("bytes"),
+    ("__builtin__", "set"): _Call("set"),
+    ("builtins", "set"): _Call("set"),
+    ("__builtin__", "frozenset"): _Call("frozenset"),
+    ("builtins", "frozenset"): _Call("frozenset"),
+}
+_LATIN1 = ("latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1")
+_MAX_GLOBAL_NAME = 64  # a module or attribute name of GLOBAL (the ones above are far shorter)
 
 _I4 = struct.Struct("<i")
 _U2 = struct.Struct("<H")
@@ -224,6 +247,44 @@ class _Decoder:
                     self.key(item)
             return key
         raise self.fail(f"a dict key of type {kind.__name__} (expected str, bytes, int, float or tuple)")
+
+    def members(self, items: list[Any]) -> list[Any]:
+        """*items* as set members: each checked as a dict key would be (no quadratic hashing)."""
+        return [self.key(item) for item in items]
+
+    def global_call(self) -> None:
+        module = self.ascii(self.line(_MAX_GLOBAL_NAME))
+        name = self.ascii(self.line(_MAX_GLOBAL_NAME))
+        call = _CALLS.get((module, name))
+        if call is None:
+            raise self.fail(f"global {module}.{name}: it would import or call code, which is never done")
+        self.push(call)
+
+    def reduce(self) -> None:
+        args = self.pop()
+        call = self.pop()
+        if type(call) is not _Call:
+            raise self.fail(f"a call of a {type(call).__name__}: it would call code, which is never done")
+        if type(args) is not tuple:
+            raise self.fail(f"{call.name}() called with {type(args).__name__} arguments, not a tuple")
+        if call.name == "encode":
+            if not (
+                1 <= len(args) <= 2 and type(args[0]) is str and args[1:] in ((), *((e,) for e in _LATIN1))
+            ):
+                raise self.fail("_codecs.encode() called with other arguments than (text, 'latin1')")
+            try:
+                self.push(args[0].encode("latin-1"))
+            except UnicodeEncodeError:
+                raise self.fail("_codecs.encode() of text that latin-1 cannot encode") from None
+        elif call.name == "bytes":
+            if args:
+                raise self.fail("bytes() called with arguments")
+            self.push(b"")
+        else:  # set, frozenset
+            if len(args) > 1 or (args and type(args[0]) is not list):
+                raise self.fail(f"{call.name}() called with other arguments than one list")
+            members = self.members(args[0]) if args else []
+            self.push(set(members) if call.name == "set" else frozenset(members))
 
     def set_items(self, target: dict[Any, Any], items: list[Any]) -> None:
         if len(items) % 2:
@@ -400,10 +461,24 @@ class _Decoder:
                 self.put(self.text_index())
             elif op == 0x72:  # LONG_BINPUT
                 self.put(_U4.unpack(self.take(4))[0])
+            elif op == 0x63:  # GLOBAL: only the calls that stand for bytes, sets and frozensets
+                self.global_call()
+            elif op == 0x52:  # REDUCE: one of those calls
+                self.reduce()
+            elif op == 0x8F:  # EMPTY_SET
+                push(set())
+            elif op == 0x90:  # ADDITEMS
+                items = self.pop_mark()
+                self.top(set).update(self.members(items))
+            elif op == 0x91:  # FROZENSET
+                push(frozenset(self.members(self.pop_mark())))
             elif op in _REFUSED:
                 raise self.fail("it would import or call code, which is never done")
             elif op in _UNSUPPORTED:
-                raise self.fail("only None, bool, int, float, str, bytes, tuple, list and dict are accepted")
+                raise self.fail(
+                    "only None, bool, int, float, str, bytes, tuple, list, dict, set and frozenset are "
+                    "accepted"
+                )
             else:
                 raise self.fail("an unknown opcode")
 
@@ -432,7 +507,8 @@ def _name(op: int | None) -> str:
 
 _NAMES = {
     0x2E: "STOP", 0x80: "PROTO", 0x95: "FRAME", 0x28: "MARK", 0x4E: "NONE", 0x88: "NEWTRUE",
-    0x89: "NEWFALSE", 0x4B: "BININT1", 0x4D: "BININT2", 0x4A: "BININT", 0x8A: "LONG1", 0x8B: "LONG4",
+    0x89: "NEWFALSE", 0x63: "GLOBAL", 0x52: "REDUCE", 0x8F: "EMPTY_SET", 0x90: "ADDITEMS",
+    0x91: "FROZENSET", 0x4B: "BININT1", 0x4D: "BININT2", 0x4A: "BININT", 0x8A: "LONG1", 0x8B: "LONG4",
     0x49: "INT", 0x4C: "LONG", 0x47: "BINFLOAT", 0x46: "FLOAT", 0x8C: "SHORT_BINUNICODE",
     0x58: "BINUNICODE", 0x8D: "BINUNICODE8", 0x56: "UNICODE", 0x43: "SHORT_BINBYTES", 0x42: "BINBYTES",
     0x8E: "BINBYTES8", 0x55: "SHORT_BINSTRING", 0x54: "BINSTRING", 0x53: "STRING", 0x29: "EMPTY_TUPLE",
@@ -457,7 +533,7 @@ def tree_size(value: Any, budget: int, max_depth: int = MAX_DEPTH) -> int:
             remaining -= 1 + len(item)
         elif kind is int:
             remaining -= 1 + item.bit_length() // 8
-        elif kind is list or kind is tuple or kind is dict:
+        elif kind is list or kind is tuple or kind is dict or kind is set or kind is frozenset:
             if depth >= max_depth:
                 raise PickleRefused(f"refused pickle: containers nested deeper than {max_depth}")
             remaining -= 1 + len(item)  # paid before its items are queued: the queue stays in budget
@@ -468,6 +544,8 @@ def tree_size(value: Any, budget: int, max_depth: int = MAX_DEPTH) -> int:
                 todo.extend((member, depth + 1) for member in item.values())
             else:
                 todo.extend((member, depth + 1) for member in item)
+        elif kind is _Call:
+            raise PickleRefused(f"refused pickle: global {item.name} left uncalled in the value")
         else:
             remaining -= 1
         if remaining < 0:
