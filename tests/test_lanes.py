@@ -385,7 +385,7 @@ def test_lane_refuses_bad_options_clearly():
         Lane("http")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^Lane\(\) got when_full='drop', expected one of drop_newest, "):
         Lane(logging.NullHandler(), when_full="drop")
-    with pytest.raises(ValueError, match=r"^Lane\(\) expected capacity as an int >= 1 \(records\), got 0$"):
+    with pytest.raises(ValueError, match=r"^Lane\(\) expected capacity \(records\) as an int >= 1, got 0$"):
         Lane(logging.NullHandler(), capacity=0)
     with pytest.raises(TypeError, match=r"^Lane\(\) got a Lane: a handler needs one lane, not two$"):
         Lane(Lane(logging.NullHandler()))

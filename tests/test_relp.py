@@ -597,8 +597,8 @@ def test_unreachable_server_names_the_address() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
-        ({"window": 0}, r"expected a window from 1 to 100,000, got 0"),
-        ({"timeout": 0}, r"expected a timeout > 0 seconds, got 0"),
+        ({"window": 0}, r"expected window as an int from 1 to 100,000, got 0"),
+        ({"timeout": 0}, r"expected timeout as a number of seconds > 0, got 0"),
     ],
 )
 def test_bad_options_raise_value_error(kwargs: dict[str, Any], expected: str) -> None:

@@ -15,7 +15,7 @@ import socket
 
 from ._transport import check_unix_path, non_loopback, parse_address
 
-__all__ = ["check_address", "check_handlers", "check_level"]
+__all__ = ["check_address", "check_count", "check_handlers", "check_level", "check_seconds", "describe"]
 
 
 def check_handlers(handlers: object, caller: str) -> list[logging.Handler]:
@@ -117,3 +117,34 @@ def check_address(address: object, caller: str, allow_remote: object = False) ->
             "or pass allow_remote=True to listen there anyway"
         )
     return address
+
+
+def describe(value: object) -> str:
+    """A short description of *value* for error messages."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_count(value: object, caller: str, option: str, low: int = 1, high: int | None = None) -> int:
+    """*value* as an int from *low* (to *high*); bools are refused, as they are ints by accident."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bounds = f">= {low}" if high is None else f"from {low} to {high:,}"
+        raise ValueError(f"{caller} expected {option} as an int {bounds}, got {describe(value)}")
+    return value
+
+
+def check_seconds(value: object, caller: str, option: str, *, zero: bool = False) -> float:
+    """*value* as a number of seconds, > 0 (or >= 0 with *zero*); bools are refused."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (value >= 0 if zero else value > 0)  # NaN fails both
+    ):
+        bound = ">= 0" if zero else "> 0"
+        raise ValueError(f"{caller} expected {option} as a number of seconds {bound}, got {describe(value)}")
+    return float(value)

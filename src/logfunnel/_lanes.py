@@ -26,6 +26,7 @@ import time
 import weakref
 from typing import Any
 
+from ._checks import check_count, check_seconds
 from ._exit import at_exit
 from ._handling import UnlockedHandle, banner
 from ._probes import probe_for
@@ -57,8 +58,7 @@ class Retry:
             ("first_delay", first_delay),
             ("max_delay", max_delay),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"Retry() expected {name} as a number of seconds >= 0, got {value!r}")
+            check_seconds(value, "Retry()", name, zero=True)
         self.give_up_after = float(give_up_after)
         self.first_delay = float(first_delay)
         self.max_delay = float(max(max_delay, first_delay))
@@ -183,13 +183,11 @@ class Lane(UnlockedHandle, logging.Handler):
             raise TypeError(f"Lane() expected a logging.Handler to run, got {type(handler).__name__!r}")
         if isinstance(handler, Lane):
             raise TypeError("Lane() got a Lane: a handler needs one lane, not two")
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"Lane() expected capacity as an int >= 1 (records), got {capacity!r}")
+        check_count(capacity, "Lane()", "capacity (records)")
         if when_full not in WHEN_FULL:
             raise ValueError(f"Lane() got when_full={when_full!r}, expected one of {', '.join(WHEN_FULL)}")
         for label, value in (("drain_timeout", drain_timeout), ("block_timeout", block_timeout)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"Lane() expected {label} as a number of seconds >= 0, got {value!r}")
+            check_seconds(value, "Lane()", label, zero=True)
         if retry is None:
             retry = NO_RETRY
         elif not isinstance(retry, Retry):

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import _pickles, _serving
-from ._checks import check_handlers, check_level
+from ._checks import check_count, check_handlers, check_level, check_seconds
 from ._dispatch import Dispatcher
 from ._handling import banner, flush_banners
 from ._transport import non_loopback
@@ -323,12 +323,9 @@ class LogReceiver:
             ("max_connections", max_connections),
             ("max_peers", max_peers),
         ):
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{caller} expected {option} as a positive int, got {value!r}")
-        if frame_timeout is not None and (not isinstance(frame_timeout, (int, float)) or frame_timeout <= 0):
-            raise ValueError(
-                f"{caller} expected frame_timeout as a positive number of seconds, got {frame_timeout!r}"
-            )
+            check_count(value, caller, option)
+        if frame_timeout is not None:
+            check_seconds(frame_timeout, caller, "frame_timeout")
         tcp_at = None if tcp is None else parse_host_port(tcp, "tcp", caller, allow_remote)
         udp_at = None if udp is None else parse_host_port(udp, "udp", caller, allow_remote)
         # Where a received record goes: the listener's own dispatcher, so network handlers get lanes

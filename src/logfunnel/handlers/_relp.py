@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .._checks import check_count, check_seconds
+
 if TYPE_CHECKING:  # ssl costs an import of its own; whoever passes an SSLContext has imported it
     import ssl
 
@@ -119,12 +121,8 @@ class RelpConnection:
         unknown CA, a wrong name), ``RelpError`` when the server does not speak RELP or refuses."""
         if not (isinstance(address, tuple) and len(address) == 2 and isinstance(address[1], int)):
             raise TypeError(f"RelpConnection.open() expected an address (host, port), got {address!r}")
-        if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
-            raise ValueError(
-                f"RelpConnection.open() expected a window from 1 to {MAX_WINDOW:,}, got {window!r}"
-            )
-        if not timeout > 0:
-            raise ValueError(f"RelpConnection.open() expected a timeout > 0 seconds, got {timeout!r}")
+        check_count(window, "RelpConnection.open()", "window", 1, MAX_WINDOW)
+        check_seconds(timeout, "RelpConnection.open()", "timeout")
         host, port = address
         try:
             sock = socket.create_connection((host, port), timeout=timeout)

@@ -26,7 +26,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
 
 __all__ = [
     "FACILITIES",
@@ -239,9 +238,3 @@ def truncate(message: bytes, limit: int) -> bytes:
     while cut > 0 and (message[cut] & 0xC0) == 0x80:  # a continuation byte: step back to its lead
         cut -= 1
     return message[:cut]
-
-
-def describe(value: Any) -> str:
-    """A short description of *value* for error messages."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -36,9 +36,10 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._checks import check_count, check_seconds, describe
 from .._handling import banner
 from ._connections import Connection, RelpLink, StreamLink, UdpLink
-from ._rfc5424 import Serialiser, describe, truncate
+from ._rfc5424 import Serialiser, truncate
 
 if TYPE_CHECKING:
     import ssl
@@ -147,18 +148,14 @@ class RFC5424Handler(logging.Handler):
             ("batch_size", batch_size, 1),
             ("max_size", 2048 if max_size is None else max_size, 64),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(
-                    f"RFC5424Handler expected {option} an integer >= {low}, got {describe(value)}"
-                )
+            check_count(value, "RFC5424Handler", option, low)
         for option, number in (
             ("timeout", timeout),
             ("retry_initial", retry_initial),
             ("retry_max", retry_max),
             ("drain_timeout", drain_timeout),
         ):
-            if isinstance(number, bool) or not isinstance(number, (int, float)) or not number > 0:
-                raise ValueError(f"RFC5424Handler expected {option} > 0 seconds, got {describe(number)}")
+            check_seconds(number, "RFC5424Handler", option)
         self.serialise = Serialiser(
             facility=facility,
             severities=severities,
