@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import pickletools
 import resource
 import struct
 from collections.abc import Iterator
@@ -148,9 +149,26 @@ def _batch_prefix(levels_count: int) -> bytes:
 
 def test_colliding_int_set_frame_costs_linear_time(child_listener: ChildListener) -> None:
     """A pickled set of 40,000 ints with one hash (13.7 s of pickle decoding) is refused at once."""
+    _attack(child_listener, _colliding_set_pickle(40_000))
+
+
+def _colliding_set_pickle(count: int) -> bytes:
+    """pickle.dumps of a set of *count* ints with one hash, made without building that set (which
+    would itself take quadratic time): a list's pickle, its list opcodes turned into set ones."""
     modulus = 2**61 - 1  # hash(n) == n % modulus for ints
-    payload = pickle.dumps({k * modulus for k in range(40_000)}, protocol=5)
-    _attack(child_listener, payload)
+    data = bytearray(pickle.dumps([k * modulus for k in range(count)], protocol=5))
+    for op, _, pos in pickletools.genops(bytes(data)):
+        if op.name == "EMPTY_LIST":
+            data[pos] = 0x8F  # EMPTY_SET
+        elif op.name == "APPENDS":
+            data[pos] = 0x90  # ADDITEMS
+    return bytes(data)
+
+
+def test_the_colliding_set_pickle_is_that_set() -> None:
+    """The attack's payload really is a pickled set of ints that share one hash."""
+    value = pickle.loads(_colliding_set_pickle(300))
+    assert type(value) is set and len(value) == 300 and len({hash(n) for n in value}) == 1
 
 
 def test_colliding_float_keys_cannot_reach_a_dict(child_listener: ChildListener) -> None:
