@@ -35,6 +35,8 @@ _READ_SIZE = 1 << 20
 _HANDSHAKE_LIMIT = 64 * 1024
 _WARN_INTERVAL = 5.0
 _RECONCILE_INTERVAL = 0.5  # how often the count files of dead processes are looked for
+_SETTLE_POLL = 0.05  # ... and how often just after a connection ended without a goodbye
+_SETTLE_WINDOW = 2.0  # for how long after that (a killed process is gone within it, mostly)
 
 # Bounded cost per peer (DESIGN rule 11). Module constants, like HANDSHAKE_TIMEOUT, so that an
 # application (or a test) can change them before it starts a listener.
@@ -137,6 +139,7 @@ class SocketServing:
     _dispatch: Callable[[list[int], list[list[str | None]], list[dict[str, Any]] | None], None]
     _emit_local: Callable[..., None]
     _accept_paused_until: float | None = None  # set while accept() is left alone after EMFILE
+    _settle_until = 0.0  # until then, count files are looked for every _SETTLE_POLL (a vanished process)
 
     # -- the socket read loop ----------------------------------------------------------------------
 
@@ -154,6 +157,8 @@ class SocketServing:
         try:
             while not self._stopping:
                 timeout = 1.0
+                if self._settle_until:
+                    timeout = _SETTLE_POLL
                 if self._accept_paused_until is not None:
                     timeout = min(timeout, max(0.0, self._accept_paused_until - time.monotonic()))
                 for key, _ in selector.select(timeout=timeout):
@@ -390,7 +395,10 @@ class SocketServing:
             return
         process.state = "vanished"
         if self._has_count_file(process):
-            return  # settled exactly from its count file once the process is gone (_reconcile)
+            # Settled exactly from its count file once the process is gone (_reconcile): soon, so
+            # that its losses are reported within moments of its death, not within seconds.
+            self._settle_until = time.monotonic() + _SETTLE_WINDOW
+            return
         if process.checkpoint == (process.stamped, process.dropped) and process.lost == 0:
             process.state = "exited"  # it flushed everything, said so, and then left (os._exit)
         self._report_end(process)
@@ -502,7 +510,10 @@ class SocketServing:
         if folder is None:
             return
         now = time.monotonic()
-        if not force and now - self._reconciled_at < _RECONCILE_INTERVAL:
+        if self._settle_until and now > self._settle_until:
+            self._settle_until = 0.0
+        interval = _SETTLE_POLL if self._settle_until else _RECONCILE_INTERVAL
+        if not force and now - self._reconciled_at < interval:
             return
         self._reconciled_at = now
         for name, pid, incarnation in _counts.scan(folder):
