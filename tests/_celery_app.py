@@ -35,7 +35,8 @@ def configure(app: Celery, folder: str) -> None:
     broker = os.path.join(folder, "broker")
     processed = os.path.join(folder, "processed")
     results = os.path.join(folder, "results")
-    for path in (broker, processed, results):
+    control = os.path.join(folder, "control")
+    for path in (broker, processed, results, control):
         os.makedirs(path, exist_ok=True)
     app.conf.update(
         broker_url="filesystem://",
@@ -43,6 +44,7 @@ def configure(app: Celery, folder: str) -> None:
             "data_folder_in": broker,
             "data_folder_out": broker,
             "processed_folder": processed,
+            "control_folder": control,  # else ./control, in the worker's folder
             "store_processed": False,
             "polling_interval": 0.1,
         },

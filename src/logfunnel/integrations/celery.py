@@ -53,7 +53,15 @@ from .._sink import SocketSink
 from .._transport import QueueHandle
 from ..manager import LogManager
 
-__all__ = ["CeleryLogging", "TaskStamp", "celery_config", "install"]
+__all__ = [
+    "CeleryLogging",
+    "TaskLoggers",
+    "TaskStamp",
+    "celery_config",
+    "install",
+    "task_logger_names",
+    "with_task_loggers",
+]
 
 _UID = "logfunnel.integrations.celery"
 
@@ -68,6 +76,43 @@ class TaskStamp(logging.Filter):
         if task and task.request:
             record.__dict__.update(task_id=task.request.id, task_name=task.name)
         return True
+
+
+class TaskLoggers(logging.Filter):
+    """Built by the manager's dictConfig: make the loggers *names* children of ``celery.task`` there.
+
+    ``celery.utils.log.get_task_logger(name)`` gives its logger the parent ``celery.task`` (whose
+    handler has the ``TaskFormatter`` and which does not propagate). In the manager, a logger made by
+    name alone would have the root as its parent, and task records would lose their format; so the
+    worker lists its task loggers and this rebuilds the same tree. It filters nothing.
+    """
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        super().__init__()
+        task_logger = logging.getLogger("celery.task")
+        for name in names:
+            logging.getLogger(name).parent = task_logger
+
+
+def task_logger_names() -> list[str]:
+    """The loggers of this process that ``get_task_logger`` made children of ``celery.task``."""
+    task_logger = logging.getLogger("celery.task")
+    names = []
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if (
+            isinstance(logger, logging.Logger)
+            and logger.parent is task_logger
+            and not name.startswith("celery.task.")
+        ):
+            names.append(name)
+    return sorted(names)
+
+
+def with_task_loggers(config: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """A copy of the dictConfig *config* that also rebuilds the task loggers *names* (``TaskLoggers``)."""
+    filters = dict(config.get("filters") or {})
+    filters["logfunnel.celery.task_loggers"] = {"()": f"{__name__}.TaskLoggers", "names": list(names)}
+    return {**config, "filters": filters}
 
 
 def celery_config(
@@ -163,7 +208,7 @@ class CeleryLogging:
             config = self.config
             if config is None:
                 config = celery_config(self.app, level, logfile, format, bool(colorize))
-            manager = LogManager(config=config)
+            manager = LogManager(config=with_task_loggers(config, task_logger_names()))
         manager.start()
         self.manager = manager
         # billiard's own logger ("multiprocessing": "Process ... exited with ...") is made with
