@@ -270,3 +270,16 @@ def test_celery_config_renders_celery_task_format_from_a_stamped_record():
     assert formatters["celery.task"].format(record).endswith("] proj.add[0f3c]: adding 2")
     assert formatters["celery"].format(record).endswith(": INFO/ForkPoolWorker-1] adding 2")
     assert config["loggers"]["celery.task"]["propagate"] is False
+
+
+def test_celery_configures_logging_as_usual_outside_a_worker():
+    """install() connects nothing to setup_logging until celeryd_init (sent by `celery worker` only)
+    has come: beat, inspect and clients keep celery's own logging setup."""
+    need_module("celery", "celery (the test extra)")
+    from celery import Celery, signals
+
+    from logfunnel.integrations.celery import install
+
+    install(Celery("client", set_as_current=False))
+    assert not [key for key, _ in signals.setup_logging.receivers if "logfunnel" in repr(key)]
+    assert [key for key, _ in signals.worker_process_init.receivers if "logfunnel" in repr(key)]
