@@ -51,7 +51,10 @@ def configure(app: Celery, folder: str) -> None:
         result_backend=f"file://{results}",
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=True,  # celery's default: with logfunnel's receiver it is never used
+        worker_hijack_root_logger=True,
+        worker_pool_start_method=os.environ.get(
+            "LOGFUNNEL_CELERY_START_METHOD", "fork"
+        ),  # celery's default: with logfunnel's receiver it is never used
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -283,3 +284,41 @@ def test_celery_configures_logging_as_usual_outside_a_worker():
     install(Celery("client", set_as_current=False))
     assert not [key for key, _ in signals.setup_logging.receivers if "logfunnel" in repr(key)]
     assert [key for key, _ in signals.worker_process_init.receivers if "logfunnel" in repr(key)]
+
+
+@pytest.mark.timeout(90)
+def test_handlers_and_raw_fork_children_through_celerys_signals(tmp_path):
+    """install(app, handlers=[...]) with celery's signals sent as a worker sends them, and 3 children
+    made by a raw os.fork that leave through os._exit: 3 x 500 records arrive once, all 'exited'."""
+    need_module("celery", "celery (the test extra)")
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.log"
+    script = Path(TESTS) / "_celery_handlers_child.py"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(TESTS).parent / "src"), TESTS]))
+    command = [sys.executable, str(script), str(out), "3", "500"]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(5)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    result = json.loads(stdout.decode().splitlines()[-1])
+    children = [p for p in result["stats"]["processes"] if p["pid"] in result["pids"]]
+    assert (
+        sorted((p["state"], p["received"], p["lost"], p["dropped"]) for p in children)
+        == [("exited", 500, 0, 0)] * 3
+    )
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines.count(f"{result['main']} celery.main INFO main ready") == 1
+    made = sorted(line.split(" ", 3)[3] for line in lines if " proj.tasks INFO " in line)
+    assert made == sorted(f"child {n} record {i}" for n in range(3) for i in range(500))
+    assert len(lines) == 1 + 1500
