@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from . import worker
 from ._checks import check_level
 from ._handling import banner
 from ._lanes import Lane, Retry, inline, is_lane
@@ -42,6 +43,17 @@ __all__ = [
 ]
 
 _configured: weakref.WeakSet[ConfiguredFunnelHandler] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A fork child (a Pool worker started without an initializer) inherits the funnel handler and
+    # is a worker: like install_worker_logging's, it ships its buffer before SIGTERM kills it
+    # (Pool.terminate()). The handler is armed when the child first sends, from its main thread.
+    if any(h.listener is not None for h in list(_configured)):
+        worker._flush_on_sigterm = True  # noqa: SLF001
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Closer(logging.Handler):
