@@ -53,28 +53,41 @@ PROGRAM = textwrap.dedent(
 )
 
 
-def run_program(tmp_path: Path, config: dict, *, start="fork", parent=3, items=40, initializer=True) -> dict:
-    """Run PROGRAM with *config*; return what it printed (the funnel's address). Kills it on timeout."""
-    script = tmp_path / "program.py"
-    script.write_text(PROGRAM)
-    spec = {"config": config, "start": start, "parent": parent, "items": items, "initializer": initializer}
+def program_env() -> dict[str, str]:
+    """The environment for a program of a test: it imports the logfunnel under test, from any folder."""
+    source = str(Path(logfunnel.__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+
+
+def run_script(script: Path, *args: str) -> str:
+    """Run *script* in its own process group; return its stdout. On a timeout, kill the whole group."""
     process = subprocess.Popen(
-        [sys.executable, str(script), json.dumps(spec)],
-        cwd=tmp_path,
+        [sys.executable, str(script), *args],
+        cwd=script.parent,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        env=program_env(),
     )
     try:
         out, err = process.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        raise AssertionError("the program did not finish within 60 s") from None
+        raise AssertionError(f"{script.name} did not finish within 60 s") from None
     assert process.returncode == 0, err
     assert "logfunnel" not in err, err  # no banner: nothing lost, nothing refused
-    return {**json.loads(out.splitlines()[0]), "stderr": err}
+    return out
+
+
+def run_program(tmp_path: Path, config: dict, *, start="fork", parent=3, items=40, initializer=True) -> dict:
+    """Run PROGRAM with *config*; return what it printed (the funnel's address)."""
+    script = tmp_path / "program.py"
+    script.write_text(PROGRAM)
+    spec = {"config": config, "start": start, "parent": parent, "items": items, "initializer": initializer}
+    out = run_script(script, json.dumps(spec))
+    return dict(json.loads(out.splitlines()[0]))
 
 
 def funnel_config(path: Path, **funnel: object) -> dict:
@@ -188,10 +201,7 @@ def test_disable_existing_loggers_holds_for_workers(tmp_path):
             """
         )
     )
-    result = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
+    run_script(script)
     got = lines(path)
     assert all(re.fullmatch(r"SpawnPoolWorker-\d+ new WARNING new \d", line) for line in got), got
     assert sorted(line[-1] for line in got) == ["0", "1", "2", "3"]
