@@ -129,8 +129,8 @@ def configure():
     yield apply
     for handler in reversed(made):
         listener = getattr(handler, "listener", None)
-        if listener is not None:
-            listener.stop()
+        if isinstance(listener, logfunnel.LogListener) or getattr(listener, "_thread", None) is not None:
+            listener.stop()  # (3.12's QueueListener.stop fails when it is not running)
         handler.close()
     for name in ("app", "app.work", "app.main", "test.worker"):
         logging.getLogger(name).handlers.clear()
@@ -433,3 +433,14 @@ def test_funnel_handler_lookup_says_what_it_found():
     """funnel_handler() with no funnel configured says none is running and how to make one."""
     with pytest.raises(LookupError, match=r"found 0 running \(none\); configure one with"):
         logfunnel.config.funnel_handler("missing")
+
+
+def test_funnel_without_handlers_is_refused(configure, tmp_path):
+    """A funnel that owns no handler is refused: it would route records back into itself."""
+    config = funnel_config(tmp_path / "app.log")
+    config["handlers"]["funnel"]["handlers"] = []
+    with pytest.raises(ValueError, match=r"^Unable to configure handler 'funnel'$") as caught:
+        configure(config)
+    assert str(caught.value.__cause__).startswith(
+        "handlers.funnel: expected the names of the handlers the funnel owns under 'handlers', got none;"
+    )

@@ -140,6 +140,13 @@ class FunnelListener(LogListener):
         lanes: Mapping[str, Any] | None = None,
         where: str = "the funnel's listener",
     ) -> None:
+        if not handlers:
+            # With none it would route records through this process's loggers, back to the handler
+            # that feeds it: in a loop (the 3.12+ form) or into nothing.
+            raise ValueError(
+                f"{where}: expected the names of the handlers the funnel owns under 'handlers', got none; "
+                "list the handlers that should write the records, e.g. 'handlers': ['file']"
+            )
         placed = _place_on_lanes(list(handlers), lanes, where)
         super().__init__(
             None,
