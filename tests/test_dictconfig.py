@@ -444,3 +444,13 @@ def test_funnel_without_handlers_is_refused(configure, tmp_path):
     assert str(caught.value.__cause__).startswith(
         "handlers.funnel: expected the names of the handlers the funnel owns under 'handlers', got none;"
     )
+
+
+def test_manager_without_respect_handler_level_is_refused(configure, tmp_path):
+    """manager: true with respect_handler_level: false is refused, naming the key."""
+    config = funnel_config(tmp_path / "app.log", manager=True, respect_handler_level=False)
+    with pytest.raises(ValueError, match=r"^Unable to configure handler 'funnel'$") as caught:
+        configure(config)
+    assert str(caught.value.__cause__).startswith(
+        "handlers.funnel.respect_handler_level: a LogManager always respects its handlers' levels;"
+    )

@@ -190,6 +190,6 @@ def test_listener_without_handlers_is_refused(configure, tmp_path):
     expected = (
         "No handlers specified for a QueueHandler"
         if sys.version_info < (3, 13)
-        else "the funnel's listener: expected the names of the handlers the funnel owns under 'handlers'"
+        else "listener: expected the names of the handlers the funnel owns under 'handlers', got none"
     )
     assert str(caught.value.__cause__).startswith(expected)

@@ -138,7 +138,7 @@ class FunnelListener(LogListener):
         address: str | None = None,
         allow_remote: bool = False,
         lanes: Mapping[str, Any] | None = None,
-        where: str = "the funnel's listener",
+        where: str = "listener",
     ) -> None:
         if not handlers:
             # With none it would route records through this process's loggers, back to the handler
@@ -318,6 +318,17 @@ def funnel(
     if manager:
         from .manager import LogManager
 
+        if not respect_handler_level:
+            raise ValueError(
+                f"{where}.respect_handler_level: a LogManager always respects its handlers' levels; "
+                "remove respect_handler_level: false, or remove manager: true"
+            )
+        if not owned:
+            raise ValueError(
+                f"{where}: expected the names of the handlers the funnel owns under 'handlers', got none; "
+                "list the handlers that should write the records, e.g. 'handlers': ['file']"
+            )
+
         placed = _place_on_lanes(owned, lanes, where)
         logman = LogManager(placed, level=level, address=address, allow_remote=allow_remote)
         logman.start()
@@ -391,8 +402,9 @@ def funnel_handler(name: str | None = None) -> ConfiguredFunnelHandler:
 
 
 def _running(target: Any) -> bool:
-    state = getattr(target, "_state", None)
-    return state == "running" if state is not None else True
+    if isinstance(target, LogListener):
+        return target._state == "running"  # noqa: SLF001
+    return getattr(target, "_conn", None) is not None  # a LogManager: its pipe is open while it runs
 
 
 # -- the worker side --------------------------------------------------------------------------------
