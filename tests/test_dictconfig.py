@@ -196,7 +196,7 @@ def test_disable_existing_loggers_holds_for_workers(tmp_path):
                 logging.getLogger("old")  # exists before the configuration: disabled by it
                 logging.config.dictConfig({config!r})
                 logging.getLogger("old").warning("old parent")
-                with multiprocessing.Pool(2, initializer=logfunnel.install_worker_logging) as pool:
+                with multiprocessing.Pool(1, initializer=logfunnel.install_worker_logging) as pool:
                     pool.map(work, range(4))
             """
         )

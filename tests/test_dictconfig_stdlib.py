@@ -193,3 +193,41 @@ def test_listener_without_handlers_is_refused(configure, tmp_path):
         else "listener: expected the names of the handlers the funnel owns under 'handlers', got none"
     )
     assert str(caught.value.__cause__).startswith(expected)
+
+
+@NEW
+def test_cookbook_form_loses_a_fork_childs_records(configure, tmp_path):
+    """Under the stdlib QueueListener, even started, a fork child logs into its copy of the queue: lost."""
+    path = tmp_path / "app.log"
+    config = queue_config(path)
+    del config["handlers"]["funnel"]["listener"]
+    configure(config)
+    listener = logging.getHandlerByName("funnel").listener
+    listener.start()
+    process = FORK.Process(target=_log_one, args=("from the child",))
+    process.start()
+    process.join(30)
+    assert process.exitcode == 0
+    logging.getLogger("app").warning("from the parent")
+    listener.stop()
+    assert lines(path) == ["MainProcess app WARNING from the parent"]
+
+
+@NEW
+def test_funnel_listener_gets_a_fork_childs_records(configure, tmp_path):
+    """The same fork child under FunnelListener, joining with install_worker_logging(), is delivered."""
+    path = tmp_path / "app.log"
+    configure(queue_config(path))
+    listener = logging.getHandlerByName("funnel").listener
+    process = FORK.Process(target=_log_one, args=("from the child",), kwargs={"join": True})
+    process.start()
+    process.join(30)
+    assert process.exitcode == 0
+    listener.stop()
+    assert lines(path) == [f"{process.name} app WARNING from the child"]
+
+
+def _log_one(message: str, join: bool = False) -> None:
+    if join:
+        logfunnel.install_worker_logging()  # finds the listener through LOGFUNNEL_ADDRESS
+    logging.getLogger("app").warning(message)
