@@ -35,6 +35,14 @@ PROGRAM = textwrap.dedent(
         logging.getLogger("app.work").info("item %d", i)
         logging.getLogger("app.work").debug("below the root's level %d", i)
 
+    def join_by_dictconfig():
+        logging.config.dictConfig({
+            "version": 1,
+            "disable_existing_loggers": False,
+            "handlers": {"funnel": {"()": "logfunnel.config.worker_handler"}},
+            "root": {"level": "INFO", "handlers": ["funnel"]},
+        })
+
     def main():
         spec = json.loads(sys.argv[1])
         multiprocessing.set_start_method(spec["start"])
@@ -43,7 +51,9 @@ PROGRAM = textwrap.dedent(
         for i in range(spec["parent"]):
             logging.getLogger("app.main").info("parent %d", i)
         if spec["items"]:
-            init = logfunnel.install_worker_logging if spec["initializer"] else None
+            init = {"install": logfunnel.install_worker_logging, "dictconfig": join_by_dictconfig}.get(
+                spec["initializer"]
+            )
             with multiprocessing.Pool(2, initializer=init) as pool:
                 pool.map(work, range(spec["items"]), chunksize=1)
 
@@ -81,7 +91,9 @@ def run_script(script: Path, *args: str) -> str:
     return out
 
 
-def run_program(tmp_path: Path, config: dict, *, start="fork", parent=3, items=40, initializer=True) -> dict:
+def run_program(
+    tmp_path: Path, config: dict, *, start="fork", parent=3, items=40, initializer: str | None = "install"
+) -> dict:
     """Run PROGRAM with *config*; return what it printed (the funnel's address)."""
     script = tmp_path / "program.py"
     script.write_text(PROGRAM)
@@ -152,7 +164,16 @@ def test_pool_records_arrive_once(tmp_path, start):
 def test_fork_workers_need_no_initializer(tmp_path):
     """Fork children inherit the funnel handler, which rebuilds its connection: their records arrive once."""
     path = tmp_path / "app.log"
-    run_program(tmp_path, funnel_config(path), initializer=False)
+    run_program(tmp_path, funnel_config(path), initializer=None)
+    assert_once(path, parent=3, items=40)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_pool_workers_joining_by_their_own_dictconfig(tmp_path, start):
+    """Pool workers whose initializer is a dictConfig with worker_handler deliver every record once."""
+    path = tmp_path / "app.log"
+    run_program(tmp_path, funnel_config(path), start=start, initializer="dictconfig")
     assert_once(path, parent=3, items=40)
 
 

@@ -416,13 +416,21 @@ def worker_handler(
     on_full: OnFull = "block",
     block_timeout: float = 5.0,
     capacity: int = 10_000,
+    flush_on_sigterm: bool = True,
 ) -> ConfiguredFunnelHandler:
     """A handler that sends to the listener at *address* (None: ``LOGFUNNEL_ADDRESS``).
 
     For a worker's dictConfig: ``{"()": "logfunnel.config.worker_handler"}`` on the root logger. The
-    key comes from ``LOGFUNNEL_AUTHKEY``. Levels stay the worker's configuration's.
+    key comes from ``LOGFUNNEL_AUTHKEY``. Levels stay the worker's configuration's. With
+    *flush_on_sigterm*, as with ``install_worker_logging``, a process whose SIGTERM handler is the
+    default one ships its buffer before it dies of SIGTERM.
     """
-    return ConfiguredFunnelHandler(address, on_full=on_full, block_timeout=block_timeout, capacity=capacity)
+    handler = ConfiguredFunnelHandler(
+        address, on_full=on_full, block_timeout=block_timeout, capacity=capacity
+    )
+    if flush_on_sigterm:
+        worker._flush_on_sigterm = True  # noqa: SLF001  (armed when this process first sends)
+    return handler
 
 
 # -- helpers ----------------------------------------------------------------------------------------
