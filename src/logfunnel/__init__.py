@@ -40,7 +40,8 @@ __all__ = [
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from . import handlers as handlers  # for type checkers; loaded lazily by __getattr__
+    from . import config as config  # for type checkers; loaded lazily by __getattr__
+    from . import handlers as handlers
     from ._receiver import LogReceiver as LogReceiver
     from ._receiver import start_receiver as start_receiver
 
@@ -48,11 +49,12 @@ _LAZY = {"LogReceiver": "._receiver", "start_receiver": "._receiver"}  # name ->
 
 
 def __getattr__(name: str) -> Any:
-    # ``logfunnel.handlers`` and the receiver after a bare ``import logfunnel``, imported when first used.
-    if name == "handlers":
+    # ``logfunnel.handlers``, ``logfunnel.config`` and the receiver after a bare ``import logfunnel``,
+    # imported when first used.
+    if name in ("config", "handlers"):
         import importlib
 
-        return importlib.import_module(".handlers", __name__)
+        return importlib.import_module(f".{name}", __name__)
     if name in _LAZY:
         import importlib
 
