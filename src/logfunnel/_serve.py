@@ -252,7 +252,8 @@ def _run(loaded: _configfile.FileConfig, state: Path) -> int:
                     **({"max_frame": loaded.receiver["max_frame"]} if "max_frame" in loaded.receiver else {}),
                 )
         except (OSError, ValueError, TypeError) as exc:
-            _say(f"{_PROG}: {loaded.name}: cannot start: {exc}", sys.stderr)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            _say(f"{_PROG}: {loaded.name}: cannot start: {reason}", sys.stderr)
             return 1
         extra: dict[str, Any] = {"config": os.fspath(loaded.path.absolute()), "started": time.time()}
         if receiver is not None:
