@@ -136,7 +136,7 @@ BAD = [
     ("[logfunnel.lanes.mail]", "[logfunnel.lanes.mial]", "logfunnel.lanes.mial", "no handler 'mial'"),
     ('inline = ["file"]', 'inline = "file"', "logfunnel.inline", "expected a list of handler names"),
     ('tcp = "127.0.0.1:0"', 'tcp = "8.8.8.8:0"', "logfunnel.receiver.tcp", "not loopback"),
-    ('level = "INFO"\ninline', "level = 5.5\ninline", "logfunnel.level", "5.5"),
+    ('level = "INFO"\ninline', "level = 5.5\ninline", "logfunnel.level", "got 'float'"),
     ("version = 1\n", "", "version", "missing: a logging configuration starts with version = 1"),
 ]
 
