@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 STATE_NAME = "serve.json"
+STATE_ENV = "LOGFUNNEL_STATE_FILE"  # another well-known path, for a host, a container or a test
 
 
 def runtime_dir() -> Path:
@@ -45,7 +46,11 @@ def runtime_dir() -> Path:
 
 
 def default_state_file() -> Path:
-    """The well-known state file of this user's host funnel."""
+    """The well-known state file of this user's host funnel: ``$LOGFUNNEL_STATE_FILE`` if set, else
+    ``serve.json`` in ``runtime_dir()``."""
+    named = os.environ.get(STATE_ENV)
+    if named:
+        return Path(named)
     return runtime_dir() / STATE_NAME
 
 
