@@ -24,7 +24,6 @@ LINE = "%(process)d %(name)s %(levelname)s %(message)s"
 
 CONFIG = f"""\
 version = 1
-disable_existing_loggers = false
 
 [formatters.line]
 format = "{LINE}"
@@ -203,6 +202,14 @@ def test_records_follow_the_files_routing(shared):
     assert len(db) == 50
     app = _lines(shared.folder / "app.log")
     assert not [line for line in app if " app.db " in line or "never made" in line]
+
+
+@pytest.mark.timeout(120)
+def test_loggers_the_serve_made_before_configuring_are_not_disabled(shared):
+    """disable_existing_loggers (default true) does not silence names the serve's own imports made."""
+    shared.worker("lock", 5, logger="filelock")
+    lines = [line for line in _lines(shared.folder / "app.log") if " filelock INFO lock " in line]
+    assert len(lines) == 5
 
 
 @pytest.mark.timeout(120)

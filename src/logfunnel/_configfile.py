@@ -441,7 +441,17 @@ def apply(loaded: FileConfig) -> list[Lane]:
     """Configure this process's logging from *loaded*; put the handlers named in ``lanes`` on lanes
     (replacing each on every logger that has it) and mark those in ``inline``. Returns the lanes."""
     _check_funnel(loaded)
+    existing = [
+        logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
     _configure(loaded, check_only=False)
+    # In one process the configuration runs before the libraries' loggers exist; here some already
+    # do (filelock's, asyncio's), and disable_existing_loggers would silence the workers' records
+    # for those names. Only the loggers the file names are the file's to decide.
+    named = set(loaded.dict_config.get("loggers", {}) or {})
+    for logger in existing:
+        if logger.name not in named:
+            logger.disabled = False
     for name in loaded.inline:
         handler = _named_handler(name)
         if handler is not None:

@@ -34,6 +34,7 @@ __all__ = ["FunnelNotRunning", "join_host_funnel", "reopen_files", "serve"]
 
 _PROG = "logfunnel serve"
 _POLL = 0.02
+_LOCK_PATIENCE = 2.0  # seconds a starting serve waits for its lock before it says another one runs
 
 
 class FunnelNotRunning(RuntimeError):
@@ -210,7 +211,8 @@ def serve(
         return 1
     lock = filelock.FileLock(_host.serve_lock_path(state))
     try:
-        lock.acquire(timeout=0)
+        # Not 0: a joiner probing for a live serve (``serve_alive``) holds the lock for an instant.
+        lock.acquire(timeout=_LOCK_PATIENCE)
     except filelock.Timeout:
         pid = _state_pid(state)
         who = f"another {_PROG} (pid {pid})" if pid else f"another {_PROG}"
