@@ -212,6 +212,18 @@ def test_state_file_round_trips_and_is_private(tmp_path):
     assert _host.read_state(path)["config"] == "/etc/app.toml"
 
 
+def test_state_folder_that_others_can_write_is_refused(tmp_path):
+    """A state file's folder writable by others (someone could swap the file) is refused, saying why."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(0o777)
+    with pytest.raises(
+        PermissionError, match=r"shared is not a folder of this user that only this user can write"
+    ):
+        _host.write_state(folder / "serve.json", QueueHandle("unix:/tmp/x.sock", b"k" * 32), 1)
+    assert not (folder / "serve.json").exists()
+
+
 def test_remove_state_spares_a_successors_file(tmp_path):
     """remove_state removes the file only when the pid in it is the caller's."""
     path = tmp_path / "serve.json"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "default_address",
     "default_state_file",
     "handle_from_state",
+    "make_state_folder",
     "read_state",
     "remove_state",
     "serve_alive",
@@ -87,12 +89,26 @@ def serve_alive(state_file: str | os.PathLike[str]) -> bool:
     return False
 
 
+def make_state_folder(state_file: str | os.PathLike[str]) -> Path:
+    """Make the folder of *state_file* (mode 0700) if it is missing; refuse one that another user owns
+    or that others can write (in a shared ``/tmp`` someone else could have made it first)."""
+    folder = Path(state_file).parent
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise PermissionError(
+            f"{folder} is not a folder of this user that only this user can write (owner uid {info.st_uid}, "
+            f"mode {stat.S_IMODE(info.st_mode):o}); remove it, or choose another state_file"
+        )
+    return folder
+
+
 def write_state(
     path: str | os.PathLike[str], handle: QueueHandle, pid: int, extra: dict[str, Any] | None = None
 ) -> None:
     """Write *handle*, *pid* and *extra* (more JSON keys) to *path* atomically, readable by this user only."""
     path = Path(path)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_state_folder(path)
     state = {
         **(extra or {}),
         "address": handle.address,

@@ -205,7 +205,10 @@ def serve(
     state = Path(state_file) if state_file is not None else loaded.state_file or _host.default_state_file()
     state = state.absolute()
     try:
-        state.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _host.make_state_folder(state)
+    except PermissionError as exc:
+        _say(f"{_PROG}: {exc}", sys.stderr)
+        return 1
     except OSError as exc:
         _say(f"{_PROG}: cannot make the folder of the state file {state}: {exc.strerror or exc}", sys.stderr)
         return 1
@@ -383,7 +386,7 @@ def join_host_funnel(
                     "pass config=FILE to start it"
                 )
         else:
-            state.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _host.make_state_folder(state)
             lock = filelock.FileLock(_host.start_lock_path(state))
             try:
                 lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
