@@ -452,7 +452,7 @@ def add_serve_parser(commands: Any) -> None:
         "--state-file",
         metavar="PATH",
         help="where to write the address and key (default: the file's state_file, else "
-        "$XDG_RUNTIME_DIR/logfunnel/serve.json)",
+        "$LOGFUNNEL_STATE_FILE, else $XDG_RUNTIME_DIR/logfunnel/serve.json)",
     )
 
 
