@@ -32,6 +32,7 @@ __all__ = [
     "flush_worker_logging",
     "inline",
     "install_worker_logging",
+    "join_host_funnel",
     "start_listener",
     "start_receiver",
     "uninstall_worker_logging",
@@ -44,8 +45,10 @@ if TYPE_CHECKING:
     from . import handlers as handlers
     from ._receiver import LogReceiver as LogReceiver
     from ._receiver import start_receiver as start_receiver
+    from ._serve import join_host_funnel as join_host_funnel
 
-_LAZY = {"LogReceiver": "._receiver", "start_receiver": "._receiver"}  # name -> module, on first use
+# name -> module, imported on first use
+_LAZY = {"LogReceiver": "._receiver", "join_host_funnel": "._serve", "start_receiver": "._receiver"}
 
 
 def __getattr__(name: str) -> Any:

@@ -281,6 +281,9 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         metavar="DIR",
         help="the directory for demo.log and its backups (default ./logfunnel-demo)",
     )
+    from ._serve import add_serve_parser
+
+    add_serve_parser(commands)
     return parser, demo_parser
 
 
@@ -301,6 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 1
         return 0 if result["accounted"] else 1
+    if args.command == "serve":
+        from ._serve import run_serve
+
+        return run_serve(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
