@@ -254,9 +254,7 @@ def test_teardown_warns_of_lost_records(run):
     """Records lost by a child killed mid-test are named in a FunnelWarning at teardown."""
     result = run(LOSES_RECORDS)
     result.assert_outcomes(passed=1, warnings=1)
-    result.stdout.fnmatch_lines(
-        ["*FunnelWarning: process * (*Process-*) vanished with 841 log records lost"]
-    )
+    result.stdout.fnmatch_lines(["*FunnelWarning: process * (*Process-*) vanished with 841 log records lost"])
 
 
 @pytest.mark.timeout(60)
