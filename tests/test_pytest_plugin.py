@@ -250,6 +250,28 @@ def test_loses(funnel):
 
 
 @pytest.mark.timeout(60)
+def test_flush_settles_children_that_have_ended(run):
+    """After flush(), a child killed with records in its buffer has its exact loss in stats(), and
+    the listener's WARNING about it is in caplog."""
+    result = run(
+        (
+            LOSES_RECORDS
+            + """
+    funnel.flush()
+    (process,) = funnel.stats()["processes"]
+    assert (process["state"], process["received"], process["lost"]) == ("vanished", 0, 841)
+    report = f"process {child.pid} ({child.name}) vanished with 841 log records lost"
+    assert caplog.record_tuples == [("logfunnel", logging.WARNING, report)]
+    assert funnel.records == []
+"""
+        ).replace("def test_loses(funnel):", "def test_loses(funnel, caplog):"),
+        "-W",
+        "ignore::logfunnel.pytest_plugin.FunnelWarning",
+    )
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.timeout(60)
 def test_teardown_warns_of_lost_records(run):
     """Records lost by a child killed mid-test are named in a FunnelWarning at teardown."""
     result = run(LOSES_RECORDS)

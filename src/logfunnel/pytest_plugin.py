@@ -146,9 +146,10 @@ class Funnel:
         What it promises: each record whose logging call had returned, in any process that had
         installed worker logging with this funnel's queue, is in ``records``, in ``caplog`` and
         through every handler of this process (lanes drained) when ``flush()`` returns. A worker
-        that keeps logging meanwhile is waited for up to what it had logged at the call, not beyond;
-        records it dropped (a full buffer) or lost (it was killed) are counted in ``stats()``, not
-        waited for. A worker that cannot send (stopped, or stuck holding its own lock) makes it
+        that keeps logging meanwhile is waited for up to what it had logged at the call, not beyond.
+        A worker that has ended is waited for until the funnel has settled it, so that ``stats()``
+        then gives its final state and exactly what it dropped (a full buffer) or lost (killed).
+        A worker that is alive but cannot send (stopped, or stuck holding its own lock) makes it
         raise ``AssertionError`` after *timeout* seconds (default: the fixture's), naming it.
         Processes that never installed worker logging are not known to the funnel.
         """
@@ -161,10 +162,7 @@ class Funnel:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                shown = "; ".join(
-                    f"process {pid} ({name}) logged {accepted}, {handled} handled"
-                    for pid, name, accepted, handled in behind
-                )
+                shown = "; ".join(behind)
                 raise AssertionError(
                     f"funnel.flush() timed out after {wait} s: {shown}. A worker that is alive but "
                     "cannot send (stopped, blocked) holds its records; end it, or give flush() longer"
@@ -277,34 +275,37 @@ def _make_listener_class() -> Any:
 
         # -- what flush() waits for ------------------------------------------------------------
 
-        def accepted_now(self) -> dict[tuple[int, bytes], int]:
-            """How many records each worker process had accepted, read from its count file now."""
+        def accepted_now(self) -> dict[tuple[int, bytes], Any]:
+            """Each worker process's counts (accepted records, start time), read from its count file."""
             folder = self.queue.counts
-            found: dict[tuple[int, bytes], int] = {}
+            found: dict[tuple[int, bytes], Any] = {}
             if folder is None:
                 return found
             for name, pid, incarnation in _counts.scan(folder):
                 counts = _counts.read(folder, name)
-                if counts is not None and counts.accepted:
-                    found[(pid, incarnation)] = counts.accepted
+                if counts is not None:
+                    found[(pid, incarnation)] = counts
             return found
 
-        def behind(self, targets: dict[tuple[int, bytes], int]) -> list[tuple[int, str, int, int]]:
-            """The processes whose records up to *targets* are not all handled yet."""
+        def behind(self, targets: dict[tuple[int, bytes], Any]) -> list[str]:
+            """What flush() still waits for: processes alive whose records up to their count in
+            *targets* are not all handled, and processes gone that this listener has not settled."""
             folder = self.queue.counts
             late = []
-            for key, accepted in targets.items():
+            for key, counts in targets.items():
+                name = _counts.file_name(*key)
+                if not (folder and name and os.path.exists(os.path.join(folder, name))):
+                    continue  # settled (the listener removes the file once it is), or never finished
                 process = self._processes.get(key)
+                who = f"process {key[0]} ({counts.name})"
+                if not _counts.alive(key[0], counts.start):
+                    late.append(f"{who} has ended, and the funnel has not seen the end of its connection")
+                    continue
                 with self._progress:
                     handled = self._handled.get(key, 0)
-                if process is not None and (process.state != "connected" or handled >= accepted):
-                    continue  # ended (everything it sent was read), or caught up
-                name = _counts.file_name(*key)
-                if process is None and (
-                    folder is None or name is None or not os.path.exists(f"{folder}/{name}")
-                ):
-                    continue  # settled from its count file, with nothing to wait for
-                late.append((key[0], process.name if process else "not connected", accepted, handled))
+                if process is not None and (process.state != "connected" or handled >= counts.accepted):
+                    continue  # said goodbye, or caught up
+                late.append(f"{who} had logged {counts.accepted} records, {handled} are handled")
             return late
 
         def wait_for_progress(self, timeout: float) -> None:
