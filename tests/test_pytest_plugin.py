@@ -112,8 +112,8 @@ def test_order(funnel):
 
 @pytest.mark.timeout(60)
 def test_caplog_set_level_decides_and_funnel_keeps_everything(run):
-    """caplog.set_level, even after the children connected, decides what caplog gets; the funnel
-    keeps every level the children logged."""
+    """caplog.set_level and caplog.at_level, even after the children connected, decide what caplog
+    gets; the funnel keeps every level the children logged."""
     result = run(
         """
 def test_levels(funnel, caplog):
@@ -124,8 +124,11 @@ def test_levels(funnel, caplog):
         caplog.set_level(logging.INFO)
         pool.map(work, [1])
         funnel.flush()
+        with caplog.at_level(logging.ERROR):
+            pool.map(work, [2])
+            funnel.flush()
     assert caplog.messages == ["warning 0", "info 1", "warning 1"]
-    assert funnel.messages == ["debug 0", "info 0", "warning 0", "debug 1", "info 1", "warning 1"]
+    assert funnel.messages == [f"{level} {i}" for i in range(3) for level in ("debug", "info", "warning")]
 """
     )
     result.assert_outcomes(passed=1)
@@ -317,6 +320,23 @@ def test_leaks(child_box, funnel):
     result.stdout.fnmatch_lines(
         ["*FunnelWarning: process * (*Process-*) was still connected when the test ended*"]
     )
+
+
+@pytest.mark.timeout(60)
+def test_teardown_takes_off_the_test_process_own_handler(run):
+    """A test that installed worker logging in its own process gets that handler taken off at
+    teardown (it would point at a stopped listener for the rest of the session)."""
+    result = run(
+        """
+def test_installs_here(funnel):
+    logfunnel.install_worker_logging(funnel.queue)
+    logging.getLogger("app").warning("from the test process")
+
+def test_afterwards():
+    assert not any(isinstance(h, logfunnel.FunnelHandler) for h in logging.getLogger().handlers)
+"""
+    )
+    result.assert_outcomes(passed=2)
 
 
 @pytest.mark.timeout(60)
