@@ -435,6 +435,19 @@ def test_wants_funnel(funnel):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["-p", "conftest"])
+def test_plugin_named_by_module_as_well_loads_once(pytester, how):
+    """-p logfunnel.pytest_plugin, or pytest_plugins in a conftest, beside the installed entry point
+    loads the plugin once (pytest would stop with "Plugin already registered")."""
+    pytester.makepyfile(test_named="def test_it(funnel):\n    assert funnel.stats()['received'] == 0\n")
+    args = ["-p", "logfunnel.pytest_plugin"] if how == "-p" else []
+    if how == "conftest":
+        pytester.makeconftest('pytest_plugins = ["logfunnel.pytest_plugin"]\n')
+    result = pytester.runpytest_subprocess(*QUIET, *args, timeout=50)
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.timeout(60)
 def test_a_run_without_the_fixture_loads_none_of_logfunnel(pytester):
     """With the plugin loaded, a run whose tests do not use the fixture imports no listener, worker
     or wire code (and no msgspec), and starts no thread."""

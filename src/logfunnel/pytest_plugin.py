@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 import warnings
@@ -56,6 +57,21 @@ class FunnelWarning(pytest.PytestWarning):
     setting) makes it fail the test; a test that kills its children on purpose silences it with
     ``@pytest.mark.filterwarnings("ignore::logfunnel.pytest_plugin.FunnelWarning")``.
     """
+
+
+_NAMES = ("logfunnel", "logfunnel.pytest_plugin")  # its entry point's name, and its module's
+
+
+def pytest_plugin_registered(plugin: object, plugin_name: str, manager: pytest.PytestPluginManager) -> None:
+    # Loaded through its entry point ("logfunnel") and by module name too (``-p
+    # logfunnel.pytest_plugin``, or ``pytest_plugins = ["logfunnel.pytest_plugin"]`` in a conftest),
+    # it would be registered twice, and pytest stops with "Plugin already registered under a
+    # different name". Once registered under one name, the other is blocked: it loads once.
+    if plugin is not sys.modules[__name__] or plugin_name not in _NAMES:
+        return
+    for other in _NAMES:
+        if other != plugin_name and manager.get_plugin(other) is None and not manager.is_blocked(other):
+            manager.set_blocked(other)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -324,8 +340,6 @@ def _make_listener_class() -> Any:
 def _uninstall_own(queue: Any) -> None:
     """Take this process's own FunnelHandler for *queue* off (after shipping what it holds): the
     funnel stops, and a handler left behind would try to reach it for the rest of the session."""
-    import sys
-
     worker = sys.modules.get("logfunnel.worker")
     if worker is None:
         return
