@@ -323,20 +323,29 @@ def test_leaks(child_box, funnel):
 
 
 @pytest.mark.timeout(60)
-def test_teardown_takes_off_the_test_process_own_handler(run):
+def test_teardown_takes_off_the_test_process_own_handler(pytester):
     """A test that installed worker logging in its own process gets that handler taken off at
-    teardown (it would point at a stopped listener for the rest of the session)."""
-    result = run(
-        """
+    teardown (it would point at a stopped listener for the rest of the session), and the root
+    logger is left with the handlers pytest gives every test. (In a subprocess: an in-process run
+    would find this test's own capture handlers on the root too.)"""
+    pytester.makepyfile(
+        test_own=HEADER
+        + """
+BEFORE = []
+
+def test_before():
+    BEFORE[:] = sorted(type(h).__name__ for h in logging.getLogger().handlers)
+
 def test_installs_here(funnel):
     logfunnel.install_worker_logging(funnel.queue)
     logging.getLogger("app").warning("from the test process")
 
 def test_afterwards():
-    assert not any(isinstance(h, logfunnel.FunnelHandler) for h in logging.getLogger().handlers)
+    assert sorted(type(h).__name__ for h in logging.getLogger().handlers) == BEFORE
 """
     )
-    result.assert_outcomes(passed=2)
+    result = pytester.runpytest_subprocess(*QUIET, timeout=50)
+    result.assert_outcomes(passed=3)
 
 
 @pytest.mark.timeout(60)

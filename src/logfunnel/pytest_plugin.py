@@ -341,10 +341,19 @@ def _uninstall_own(queue: Any) -> None:
     """Take this process's own FunnelHandler for *queue* off (after shipping what it holds): the
     funnel stops, and a handler left behind would try to reach it for the rest of the session."""
     worker = sys.modules.get("logfunnel.worker")
-    if worker is None:
+    root = logging.getLogger()
+    if worker is None or not any(getattr(h, "queue", None) == queue for h in root.handlers):
         return
-    if any(getattr(h, "queue", None) == queue for h in logging.getLogger().handlers):
-        worker.uninstall_worker_logging()
+    before = list(root.handlers)
+    worker.uninstall_worker_logging()
+    # Uninstall gives back what install took, and on the root that includes pytest's capture
+    # handlers of the phase that installed (caplog's and the report's). pytest puts fresh ones there
+    # for each phase; given back, the stale ones would stay for the rest of the session. (A pytest
+    # run inside a test, pytester's in-process runs, also took the outer test's: those go too.)
+    capture = getattr(sys.modules.get("_pytest.logging"), "LogCaptureHandler", None)
+    for handler in list(root.handlers):
+        if capture is not None and isinstance(handler, capture) and handler not in before:
+            root.removeHandler(handler)
 
 
 def _connected(stats: dict[str, Any]) -> list[dict[str, Any]]:
