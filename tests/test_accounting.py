@@ -88,24 +88,25 @@ def test_sigkilled_worker_loss_is_counted_exactly(method):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.filterwarnings("ignore::logfunnel.pytest_plugin.FunnelWarning")  # the loss is the point
 @pytest.mark.parametrize("connect", [True, False], ids=["connected", "never-connected"])
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
-def test_worker_killed_before_first_batch_is_reported(method, connect):
+def test_worker_killed_before_first_batch_is_reported(method, connect, funnel, caplog):
     """841 records accepted, no batch sent, SIGKILL: the listener reports all 841 lost."""
     ctx = multiprocessing.get_context(method)
-    tally = Tally()
-    with logfunnel.start_listener(handlers=[tally]) as listener:
-        victim = ctx.Process(target=log_then_kill_self, args=(listener.queue, 841, connect))
-        victim.start()
-        victim.join(30)
-        assert victim.exitcode == -signal.SIGKILL
-        assert wait_for(lambda: _settled(listener, victim.pid), 20)
-        entry = _entry(listener, victim.pid)
-        stats = listener.stats()
+    victim = ctx.Process(target=log_then_kill_self, args=(funnel.queue, 841, connect))
+    victim.start()
+    victim.join(30)
+    assert victim.exitcode == -signal.SIGKILL
+    funnel.flush(20)  # settles the dead worker from its count file
+    assert _settled(funnel.listener, victim.pid)
+    entry = _entry(funnel.listener, victim.pid)
+    stats = funnel.stats()
     assert entry is not None, f"a worker killed before its first batch must be in stats(): {stats}"
     assert (entry["state"], entry["received"], entry["dropped"], entry["lost"]) == ("vanished", 0, 0, 841)
-    assert any(f"process {victim.pid} " in w and "841 log records lost" in w for w in tally.warnings)
-    assert listener.stats()["lost"] == 841
+    reports = [r.getMessage() for r in caplog.records if r.name == "logfunnel"]
+    assert any(f"process {victim.pid} " in m and "841 log records lost" in m for m in reports), reports
+    assert stats["lost"] == 841 and funnel.records == []
 
 
 @pytest.mark.timeout(90)
@@ -160,20 +161,20 @@ def test_error_calls_during_stall_cost_one_timeout():
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
-def test_flush_then_os_exit_is_reported_exited(method):
+def test_flush_then_os_exit_is_reported_exited(method, funnel, caplog):
     """flush_worker_logging() then os._exit(): reported as exited with nothing lost."""
     ctx = multiprocessing.get_context(method)
-    tally = Tally()
-    with logfunnel.start_listener(handlers=[tally]) as listener:
-        process = ctx.Process(target=flush_then_os_exit, args=(listener.queue, 1_000))
-        process.start()
-        process.join(30)
-        assert process.exitcode == 0
-        assert wait_for(lambda: _settled(listener, process.pid), 20)
-        entry = _entry(listener, process.pid)
+    process = ctx.Process(target=flush_then_os_exit, args=(funnel.queue, 1_000))
+    process.start()
+    process.join(30)
+    assert process.exitcode == 0
+    funnel.flush(20)  # settles the worker from its count file
+    assert _settled(funnel.listener, process.pid)
+    entry = _entry(funnel.listener, process.pid)
     assert entry is not None
     assert (entry["state"], entry["received"], entry["dropped"], entry["lost"]) == ("exited", 1_000, 0, 0)
-    assert not tally.warnings
+    assert funnel.messages == [f"record {i}" for i in range(1_000)]
+    assert [r for r in caplog.records if r.name == "logfunnel"] == []  # no loss reported
 
 
 @pytest.mark.timeout(120)

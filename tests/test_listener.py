@@ -160,13 +160,13 @@ def test_plain_formatter_is_restored_after_stop():
 
 
 @pytest.mark.timeout(30)
-def test_stats_name_each_process_and_its_figures():
+def test_stats_name_each_process_and_its_figures(funnel):
     """stats() gives totals and, per process, pid, name, state and counts."""
-    with logfunnel.start_listener(handlers=[logging.NullHandler()]) as listener:
-        process = FORK.Process(target=log_records, args=("s", 250, listener.queue), name="stats-child")
-        process.start()
-        process.join(30)
-    stats = listener.stats()
+    process = FORK.Process(target=log_records, args=("s", 250, funnel.queue), name="stats-child")
+    process.start()
+    process.join(30)
+    funnel.flush()
+    stats = funnel.stats()
     assert (stats["received"], stats["dropped"], stats["lost"], stats["rejected"]) == (250, 0, 0, 0)
     (entry,) = stats["processes"]
     assert entry["pid"] == process.pid and entry["name"] == "stats-child" and entry["state"] == "exited"
@@ -181,16 +181,16 @@ def _log_error_and_die(handle) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_error_records_are_on_the_wire_before_emit_returns():
+def test_error_records_are_on_the_wire_before_emit_returns(funnel):
     """A process that dies right after logging CRITICAL still delivers it (and what came before)."""
-    collect = Collect()
-    with logfunnel.start_listener(handlers=[collect]) as listener:
-        process = FORK.Process(target=_log_error_and_die, args=(listener.queue,))
-        process.start()
-        process.join(30)
-        assert process.exitcode == 3
-    assert [r.getMessage() for r in collect.records] == ["buffered", "last words"]
-    assert listener.stats()["processes"][0]["state"] == "vanished"
+    process = FORK.Process(target=_log_error_and_die, args=(funnel.queue,))
+    process.start()
+    process.join(30)
+    assert process.exitcode == 3
+    funnel.flush()
+    assert funnel.messages == ["buffered", "last words"]
+    (entry,) = funnel.stats()["processes"]
+    assert (entry["state"], entry["received"], entry["lost"]) == ("vanished", 2, 0)
 
 
 def test_queue_mode_reads_a_thread_queue_like_queuelistener():

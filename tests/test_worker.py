@@ -90,16 +90,16 @@ def test_existing_queues_are_accepted(make):
     assert isinstance(handler, FunnelHandler)
 
 
-def test_uninstall_flushes_and_removes(listener):
+def test_uninstall_flushes_and_removes(funnel):
     """uninstall_worker_logging() ships what is buffered and takes the handler off the root."""
-    logfunnel.install_worker_logging(listener.queue)
+    logfunnel.install_worker_logging(funnel.queue)
     for i in range(100):
         logging.getLogger("u").info("r %d", i)
     logfunnel.uninstall_worker_logging()
     assert not any(isinstance(h, FunnelHandler) for h in logging.getLogger().handlers)
-    from _workers import wait_for
-
-    assert wait_for(lambda: listener.stats()["received"] == 100)
+    funnel.wait_for(lambda records: len(records) == 100)
+    assert funnel.messages == [f"r {i}" for i in range(100)]
+    assert funnel.stats()["received"] == 100
 
 
 def test_flush_returns_true_once_everything_is_sent(listener):

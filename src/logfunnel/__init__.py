@@ -13,12 +13,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._lanes import Lane, Retry, inline
-from ._transport import QueueHandle
-from .listener import LogListener, start_listener
-from .manager import LogManager, ManagerStartError
-from .worker import FunnelHandler, flush_worker_logging, install_worker_logging, uninstall_worker_logging
-
 __all__ = [
     "FunnelHandler",
     "Lane",
@@ -43,23 +37,59 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from . import config as config  # for type checkers; loaded lazily by __getattr__
     from . import handlers as handlers
+    from ._lanes import Lane as Lane
+    from ._lanes import Retry as Retry
+    from ._lanes import inline as inline
     from ._receiver import LogReceiver as LogReceiver
     from ._receiver import start_receiver as start_receiver
     from ._serve import join_host_funnel as join_host_funnel
+    from ._transport import QueueHandle as QueueHandle
+    from .listener import LogListener as LogListener
+    from .listener import start_listener as start_listener
+    from .manager import LogManager as LogManager
+    from .manager import ManagerStartError as ManagerStartError
+    from .worker import FunnelHandler as FunnelHandler
+    from .worker import flush_worker_logging as flush_worker_logging
+    from .worker import install_worker_logging as install_worker_logging
+    from .worker import uninstall_worker_logging as uninstall_worker_logging
 
-# name -> module, imported on first use
-_LAZY = {"LogReceiver": "._receiver", "join_host_funnel": "._serve", "start_receiver": "._receiver"}
+# name -> module, imported on first use: the package itself imports nothing, so that loading one of
+# its modules (the pytest plugin, in every pytest run of anyone who installs logfunnel) costs nothing.
+_LAZY = {
+    "FunnelHandler": ".worker",
+    "Lane": "._lanes",
+    "LogListener": ".listener",
+    "LogManager": ".manager",
+    "LogReceiver": "._receiver",
+    "ManagerStartError": ".manager",
+    "QueueHandle": "._transport",
+    "Retry": "._lanes",
+    "flush_worker_logging": ".worker",
+    "inline": "._lanes",
+    "install_worker_logging": ".worker",
+    "join_host_funnel": "._serve",
+    "start_listener": ".listener",
+    "start_receiver": "._receiver",
+    "uninstall_worker_logging": ".worker",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # ``logfunnel.handlers``, ``logfunnel.config`` and the receiver after a bare ``import logfunnel``,
-    # imported when first used.
-    if name in ("config", "handlers"):
-        import importlib
+    # The public names, and submodules (``logfunnel.handlers``, ``logfunnel.manager``...) after a
+    # bare ``import logfunnel``, imported when first used and then kept as attributes.
+    import importlib
 
-        return importlib.import_module(f".{name}", __name__)
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module 'logfunnel' has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module, __name__), name)
+    elif not name.startswith("__"):
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'logfunnel' has no attribute {name!r}") from None
+    else:
+        raise AttributeError(f"module 'logfunnel' has no attribute {name!r}")
+    globals()[name] = value
+    return value
