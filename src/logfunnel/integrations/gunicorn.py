@@ -54,6 +54,8 @@ __all__ = [
 EXIT_TIMEOUT = 5.0
 #: After SIGABRT (``--timeout``) gunicorn sends SIGKILL on its next round, within about a second.
 ABORT_TIMEOUT = 0.5
+#: Records a fork of the master may log before ``post_fork`` that are kept for it (more are dropped).
+_EARLY_LIMIT = 1000
 
 
 # -- the master's records: sent from the calling thread --------------------------------------------
@@ -94,11 +96,19 @@ class _MasterHandler(FunnelHandler):
         self._sink = _InlineSink(handle, self, on_start=lambda: None)
         self._direct = True
         self._last: logging.LogRecord | None = None
+        self._owner = os.getpid()
+        # Records a worker logs between the fork and post_fork ("Booting worker with pid: ..."): kept
+        # for the worker's own handler, so they travel with its other records, under its own counts.
+        self.early: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         if record is self._last:  # the same record, propagating to a parent logger
             return
         self._last = record
+        if os.getpid() != self._owner:
+            if len(self.early) < _EARLY_LIMIT:
+                self.early.append(record)
+            return
         super().emit(record)
 
 
@@ -249,10 +259,15 @@ def post_fork(server: Any, worker: Any) -> None:
         if children is not None:
             children.clear()
     queue = master.manager.queue
+    early: list[logging.LogRecord] = []
     if master.swap is not None:
+        early = master.swap.handler.early
         master.swap.undo()
         master.swap = None
-    install_worker_logging(queue, flush_on_sigterm=False)  # gunicorn handles SIGTERM: a normal exit
+    # gunicorn handles SIGTERM itself, and a worker leaves through its normal exit.
+    handler = install_worker_logging(queue, flush_on_sigterm=False)
+    for record in early:
+        handler.handle(record)
 
 
 def worker_exit(server: Any, worker: Any) -> None:
