@@ -12,6 +12,7 @@ Paths (every path carries the request id the test counts by):
 from __future__ import annotations
 
 import logging
+import os
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -32,13 +33,11 @@ def _stall_sender() -> None:
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """See the module's docstring."""
-    _, kind, ident = (environ.get("PATH_INFO", "/").split("/") + ["", ""])[:3]
+    _, kind, ident = [*environ.get("PATH_INFO", "/").split("/"), "", ""][:3]
     query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
     count = int(query.get("n", ["1"])[0])
     if kind in ("hold", "stuck"):
         logfunnel.flush_worker_logging(5)
-        import os
-
         log.info("%s holding pid=%d", ident, os.getpid())
         logfunnel.flush_worker_logging(5)
         _stall_sender()

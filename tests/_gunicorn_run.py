@@ -27,7 +27,7 @@ import psutil
 HERE = Path(__file__).parent
 SRC = HERE.parent / "src"
 
-CONFIG = '''
+CONFIG = """
 import json
 
 import logfunnel.integrations.gunicorn as logfunnel_gunicorn
@@ -60,14 +60,25 @@ def on_exit(server):  # a hook of the user's own, chained to logfunnel's as the 
     logfunnel_gunicorn.on_exit(server)
     with open({folder!r} + "/stats.json", "w") as f:
         json.dump(logfunnel_gunicorn.stats(), f, default=str)
-'''
+"""
 
 
 class Gunicorn:
-    def __init__(self, folder: Path, *, worker_class: str, preload: bool, max_requests: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        app: str = "_gunicorn_app:app",
+        args: tuple[str, ...] = (),
+        error_log: str = "error.log",
+        **options: Any,
+    ) -> None:
+        """With *options* (worker_class, preload, max_requests), write CONFIG; else use the folder's."""
         self.folder = folder
-        self.options = {"worker_class": worker_class, "preload": preload, "max_requests": max_requests}
-        self.write_config(prefix="")
+        self.app, self.args, self.error_log = app, args, error_log
+        self.options = options
+        if options:
+            self.write_config(prefix="")
         self.process: subprocess.Popen[bytes] | None = None
         self.seen: set[int] = set()  # every process of this gunicorn seen, for the cleanup
         self.port = 0
@@ -78,12 +89,12 @@ class Gunicorn:
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), str(HERE)]))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "_gunicorn_app:app"],
-            cwd=self.folder, env=env, start_new_session=True,
-            stdout=open(self.folder / "stdout.txt", "wb"), stderr=open(self.folder / "stderr.txt", "wb"),
-        )  # fmt: skip
-        match = self.wait_for(r"Listening at: http://127\.0\.0\.1:(\d+) ")
+        with open(self.folder / "stdout.txt", "wb") as out, open(self.folder / "stderr.txt", "wb") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *self.args, self.app],
+                cwd=self.folder, env=env, start_new_session=True, stdout=out, stderr=err,
+            )  # fmt: skip
+        match = self.wait_for(r"Listening at: http://127\.0\.0\.1:(\d+) ", self.error_log)
         self.port = int(match.group(1))
 
     # -- reading what it wrote ---------------------------------------------------------------------
@@ -107,10 +118,10 @@ class Gunicorn:
                 return found[-1]
             assert self.process is not None
             if self.process.poll() is not None or time.monotonic() > deadline:
+                state = "runs" if self.process.poll() is None else f"exited {self.process.returncode}"
                 raise AssertionError(
-                    f"{pattern!r} x{count} not in {name} (found {len(found)}); gunicorn "
-                    f"{'exited ' + str(self.process.returncode) if self.process.poll() is not None else 'runs'}"
-                    f"\n--- stderr:\n{self.text('stderr.txt')[-3000:]}\n--- {name}:\n{self.text(name)[-3000:]}"
+                    f"{pattern!r} x{count} not in {name} (found {len(found)}); gunicorn {state}\n"
+                    f"--- stderr:\n{self.text('stderr.txt')[-3000:]}\n--- {name}:\n{self.text(name)[-3000:]}"
                 )
             time.sleep(0.05)
 
@@ -208,3 +219,26 @@ def counts_by_id(lines: list[str], pattern: str) -> Counter[str]:
         if match:
             found[match.group(1)] += 1
     return found
+
+
+def run_once(factory: Any, name: str, scenario: Any) -> dict[str, Any]:
+    """Run *scenario(folder)* once per test session, even under pytest-xdist; its JSON result.
+
+    xdist may send the tests of one module to several workers, and each would start its own
+    gunicorn for the same scenario: the first to take the lock runs it, the others read its result
+    (pytest-xdist's recipe for a fixture that must run once).
+    """
+    from filelock import FileLock
+
+    shared = Path(factory.getbasetemp())
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the folder all xdist workers of this session share
+    result = shared / f"gunicorn-{name}.json"
+    with FileLock(str(result) + ".lock"):
+        if result.exists():
+            return json.loads(result.read_text())  # type: ignore[no-any-return]
+        folder = shared / f"gunicorn-{name}"
+        folder.mkdir()
+        data = scenario(folder)
+        result.write_text(json.dumps(data))
+        return data  # type: ignore[no-any-return]

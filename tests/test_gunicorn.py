@@ -15,10 +15,12 @@ import os
 import re
 import signal
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
-from _gunicorn_run import Gunicorn, counts_by_id
+
+from _gunicorn_run import Gunicorn, counts_by_id, run_once
 from _need import need_module
 
 pytestmark = pytest.mark.timeout(120)
@@ -44,7 +46,11 @@ def _finish(server: Gunicorn) -> dict[str, Any]:
 def sync_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """sync workers, recycled every 10 requests; one killed by --timeout, one by SIGKILL."""
     need_module("gunicorn", "gunicorn (the test extra)")
-    server = Gunicorn(tmp_path_factory.mktemp("sync"), worker_class="sync", preload=False, max_requests=10)
+    return run_once(tmp_path_factory, "sync", _sync_scenario)
+
+
+def _sync_scenario(folder: Path) -> dict[str, Any]:
+    server = Gunicorn(folder, worker_class="sync", preload=False, max_requests=10)
     try:
         server.start()
         for i in range(FIRST):
@@ -61,7 +67,7 @@ def sync_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
             assert server.get(f"/log/b{i}?n=2") == 200
         result = _finish(server)
         result.update(stuck=stuck, held=held)
-        yield result
+        return result
     finally:
         server.cleanup()
 
@@ -70,7 +76,11 @@ def sync_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def hup_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """gthread workers with --preload; HUP after a change of logconfig_dict's format."""
     need_module("gunicorn", "gunicorn (the test extra)")
-    server = Gunicorn(tmp_path_factory.mktemp("hup"), worker_class="gthread", preload=True, max_requests=10)
+    return run_once(tmp_path_factory, "hup", _hup_scenario)
+
+
+def _hup_scenario(folder: Path) -> dict[str, Any]:
+    server = Gunicorn(folder, worker_class="gthread", preload=True, max_requests=10)
     try:
         server.start()
         for i in range(20):
@@ -82,7 +92,7 @@ def hup_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
         server.wait_for(r"Worker exiting \(pid", count=booted)  # and every old one gone
         for i in range(20):
             assert server.get(f"/log/d{i}?n=2") == 200
-        yield _finish(server)
+        return _finish(server)
     finally:
         server.cleanup()
 
