@@ -84,7 +84,8 @@ class Gunicorn:
         self.port = 0
 
     def write_config(self, prefix: str) -> None:
-        text = CONFIG.format(folder=str(self.folder), prefix=prefix, **self.options)
+        options = {"extra": "", **self.options}
+        text = CONFIG.format(folder=str(self.folder), prefix=prefix, **options)
         (self.folder / "gunicorn.conf.py").write_text(text)
 
     def start(self) -> None:
@@ -150,6 +151,11 @@ class Gunicorn:
         thread = threading.Thread(target=send, daemon=True)
         thread.start()
         return thread
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
 
     def signal(self, sig: int) -> None:
         assert self.process is not None

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from _gunicorn_run import Gunicorn, counts_by_id, run_once
@@ -50,11 +51,15 @@ def sync_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def _sync_scenario(folder: Path) -> dict[str, Any]:
-    server = Gunicorn(folder, worker_class="sync", preload=False, max_requests=10)
+    # No control socket: gunicorn's thread for it would hide whether logfunnel started one.
+    extra = "control_socket_disable = True"
+    server = Gunicorn(folder, worker_class="sync", preload=False, max_requests=10, extra=extra)
     try:
         server.start()
         for i in range(FIRST):
             assert server.get(f"/log/a{i}?n=3") == 200
+            if i == 2:  # before any worker is recycled: gunicorn 27 then starts a thread of its own
+                master_threads = psutil.Process(server.pid).num_threads()
         server.get_in_background(f"/stuck/s0?n={STUCK}")
         stuck = int(server.wait_for(r"s0 holding pid=(\d+)", "app.log").group(1))
         server.wait_for(rf"Worker \(pid:{stuck}\) was sent SIGKILL")
@@ -66,7 +71,7 @@ def _sync_scenario(folder: Path) -> dict[str, Any]:
         for i in range(SECOND):
             assert server.get(f"/log/b{i}?n=2") == 200
         result = _finish(server)
-        result.update(stuck=stuck, held=held)
+        result.update(stuck=stuck, held=held, master_threads=master_threads)
         return result
     finally:
         server.cleanup()
@@ -205,6 +210,11 @@ def test_hup_old_manager_serves_old_workers_to_the_end(hup_run):
     assert len(set(pids[0]) & set(pids[1])) == 1  # the master's; every worker joined one manager
     assert sum("Hang up: Master" in line for line in hup_run["error"]) == 1
     assert sum("Shutting down: Master" in line for line in hup_run["error"]) == 1
+
+
+def test_master_stays_single_threaded(sync_run):
+    """The master sends its records from its own thread: logfunnel starts no thread there."""
+    assert sync_run["master_threads"] == 1
 
 
 def test_no_fork_warning_or_logfunnel_complaint(hup_run):

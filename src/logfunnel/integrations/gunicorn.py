@@ -156,10 +156,12 @@ class _Master:
         self.swap: _Swap | None = None
         self.retiring: list[tuple[LogManager, set[int]]] = []  # (old manager, pids of its workers)
         self.managers: list[LogManager] = []
+        self.lent: list[logging.Handler] = []  # gunicorn.error's handlers, lent to the "logfunnel" logger
 
     def start_manager(self) -> None:
         """Fork a manager that owns the master's logging as it is now, then send the master's records
         to it. Forked (not spawned), so that it has every handler gunicorn made, whatever made them."""
+        self.lend_error_handlers()
         manager = LogManager(start_method="fork").start()
         # Out of the master's process group: a SIGTERM sent to the group (timeout(1), a terminal, a
         # supervisor's `kill -TERM -PGID`) would stop the manager at once, before the master's and
@@ -172,6 +174,19 @@ class _Master:
         self.manager = manager
         self.managers.append(manager)
         self.swap = _Swap(_MasterHandler(manager.queue))
+
+    def lend_error_handlers(self) -> None:
+        """The manager's own reports (a worker killed with records lost) go where gunicorn's errors go,
+        when the root logger has no handler to take them (gunicorn's defaults): not to lastResort."""
+        own = logging.getLogger("logfunnel")
+        for handler in self.lent:
+            own.removeHandler(handler)
+        self.lent = []
+        if logging.getLogger().handlers or own.handlers:
+            return
+        self.lent = list(logging.getLogger("gunicorn.error").handlers)
+        for handler in self.lent:
+            own.addHandler(handler)
 
     def close_handler(self, after_setup: bool = False) -> None:
         swap, self.swap = self.swap, None
