@@ -29,6 +29,7 @@ SRC = HERE.parent / "src"
 
 CONFIG = """
 import json
+import logging
 
 import logfunnel.integrations.gunicorn as logfunnel_gunicorn
 from logfunnel.integrations.gunicorn import *  # noqa: F403
@@ -56,7 +57,12 @@ logconfig_dict = {{
 }}
 
 
-def on_exit(server):  # a hook of the user's own, chained to logfunnel's as the README says
+def worker_exit(server, worker):  # hooks of the user's own, chained to logfunnel's as the README says
+    logging.getLogger("app").info("worker_exit hook of %d", worker.pid)
+    logfunnel_gunicorn.worker_exit(server, worker)
+
+
+def on_exit(server):
     logfunnel_gunicorn.on_exit(server)
     with open({folder!r} + "/stats.json", "w") as f:
         json.dump(logfunnel_gunicorn.stats(), f, default=str)

@@ -149,6 +149,16 @@ def test_recycled_workers_lose_nothing(sync_run):
         assert processes[pid]["lost"] == processes[pid]["dropped"] == 0
 
 
+def test_worker_exit_records_arrive_and_the_manager_survives(sync_run):
+    """A user's worker_exit hook logs, then flushes: its line arrives; worker exits never stop the manager."""
+    error = "\n".join(sync_run["error"])
+    exited = Counter(re.findall(r"Worker exiting \(pid: (\d+)\)", error))
+    hooked = counts_by_id(sync_run["app"], r" app INFO worker_exit hook of (\d+)$")
+    assert hooked == exited
+    (manager,) = sync_run["stats"]  # one manager served every worker, recycled or killed, to the end
+    assert manager["manager"]["pid"] > 0
+
+
 def test_killed_workers_losses_are_reported_exactly(sync_run):
     """A worker killed by --timeout and one SIGKILLed lose exactly what they held, and say so."""
     processes = _by_pid(sync_run["stats"])

@@ -105,6 +105,11 @@ class _MasterHandler(FunnelHandler):
         if record is self._last:  # the same record, propagating to a parent logger
             return
         self._last = record
+        logger = logging.Logger.manager.loggerDict.get(record.name)
+        if isinstance(logger, logging.Logger) and any(h is not self for h in logger.handlers):
+            # Reconfigured under us (HUP: gunicorn's Logger.setup, before on_reload): the handlers
+            # there now write the record in this process; sending it too would write it twice.
+            return
         if os.getpid() != self._owner:
             if len(self.early) < _EARLY_LIMIT:
                 self.early.append(record)
