@@ -62,6 +62,13 @@ def worker_exit(server, worker):  # hooks of the user's own, chained to logfunne
     logfunnel_gunicorn.worker_exit(server, worker)
 
 
+def pre_fork(server, worker):  # the master, before each fork: which threads it has then
+    import threading
+
+    with open({folder!r} + "/master-threads.txt", "a") as f:
+        f.write(" ".join(sorted(t.name for t in threading.enumerate())) + "\\n")
+
+
 def on_exit(server):
     logfunnel_gunicorn.on_exit(server)
     with open({folder!r} + "/stats.json", "w") as f:
