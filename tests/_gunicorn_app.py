@@ -2,7 +2,8 @@
 
 Paths (every path carries the request id the test counts by):
 
-- ``/log/ID?n=K``: K records ``ID line i`` on the ``app`` logger, then 200.
+- ``/log/ID?n=K``: K records ``ID line i`` on the ``app`` logger, then 200 (``&level=warning``:
+  at WARNING, which gunicorn's defaults, with no handler on the root, still show).
 - ``/hold/ID?n=K``: flush, log ``ID holding pid=PID``, stall this worker's sender (the test's
   stand-in for records in flight), log K more records, then sleep until killed from outside.
 - ``/stuck/ID?n=K``: the same, but it outlives gunicorn's SIGABRT (it swallows the SystemExit),
@@ -36,13 +37,14 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     _, kind, ident = [*environ.get("PATH_INFO", "/").split("/"), "", ""][:3]
     query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
     count = int(query.get("n", ["1"])[0])
+    level = logging.getLevelName(query.get("level", ["info"])[0].upper())
     if kind in ("hold", "stuck"):
         logfunnel.flush_worker_logging(5)
-        log.info("%s holding pid=%d", ident, os.getpid())
+        log.log(level, "%s holding pid=%d", ident, os.getpid())
         logfunnel.flush_worker_logging(5)
         _stall_sender()
         for i in range(count):
-            log.info("%s lost %d", ident, i)
+            log.log(level, "%s lost %d", ident, i)
         deadline = time.monotonic() + 120  # killed long before: a bound, not a wait
         while time.monotonic() < deadline:
             try:
@@ -51,7 +53,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
                 if kind == "hold":
                     raise
     for i in range(count):
-        log.info("%s line %d", ident, i)
+        log.log(level, "%s line %d", ident, i)
     body = b"ok\n"
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]

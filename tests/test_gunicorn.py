@@ -230,3 +230,61 @@ def test_no_fork_warning_or_logfunnel_complaint(hup_run):
     """The master stays free of logfunnel threads: no banner, no traceback on stderr."""
     assert "--- logfunnel" not in hup_run["stderr"], hup_run["stderr"]
     assert "Traceback" not in hup_run["stderr"], hup_run["stderr"]
+
+
+# -- gunicorn's defaults: no logconfig_dict, errorlog and accesslog on stderr and stdout ---------
+
+DEFAULTS = """
+from logfunnel.integrations.gunicorn import *  # noqa: F403
+
+workers = 2
+accesslog = "-"
+access_log_format = "%(r)s %(s)s"
+control_socket_disable = True
+"""
+
+
+@pytest.fixture(scope="module")
+def defaults_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """gunicorn's own logging defaults, one worker SIGKILLed with records in flight."""
+    need_module("gunicorn", "gunicorn (the test extra)")
+    return run_once(tmp_path_factory, "defaults", _defaults_scenario)
+
+
+def _defaults_scenario(folder: Path) -> dict[str, Any]:
+    (folder / "gunicorn.conf.py").write_text(DEFAULTS)
+    server = Gunicorn(folder, args=("-b", "127.0.0.1:0"), error_log="stderr.txt")
+    try:
+        server.start()
+        for i in range(10):
+            assert server.get(f"/log/e{i}?n=2&level=warning") == 200
+        server.get_in_background(f"/hold/h0?n={HELD}&level=warning")
+        held = int(server.wait_for(r"h0 holding pid=(\d+)", "stderr.txt").group(1))
+        server.remember()
+        os.kill(held, signal.SIGKILL)
+        server.wait_for(rf"process {held} \(MainProcess\) vanished with {HELD} log records", "stderr.txt")
+        for i in range(10, 20):
+            assert server.get(f"/log/e{i}?n=2&level=warning") == 200
+        code = server.stop()
+        assert not server.alive(), "a gunicorn process outlived its master"
+        return {"code": code, "stdout": server.lines("stdout.txt"), "stderr": server.lines("stderr.txt")}
+    finally:
+        server.cleanup()
+
+
+def test_defaults_keep_gunicorns_destinations(defaults_run):
+    """Without logconfig_dict, access lines reach stdout and app warnings stderr, each exactly once."""
+    access = counts_by_id(defaults_run["stdout"], r"^GET /log/(e\d+)\?n=2&level=warning HTTP/1.1 200$")
+    assert access == {f"e{i}": 1 for i in range(20)}
+    app = counts_by_id(defaults_run["stderr"], r"^(e\d+) line \d$")  # logging.lastResort: the bare message
+    assert app == {f"e{i}": 2 for i in range(20)}
+    assert sum("Shutting down: Master" in line for line in defaults_run["stderr"]) == 1
+    assert defaults_run["code"] == 0
+
+
+def test_defaults_loss_report_goes_to_gunicorns_error_log(defaults_run):
+    """The manager's loss report is written like gunicorn's own errors, once; no logfunnel banner."""
+    reports = [line for line in defaults_run["stderr"] if "log records lost" in line]
+    assert len(reports) == 1
+    assert re.match(rf"^\[[^]]+\] \[\d+\] \[WARNING\] process \d+ \(\w+\) vanished with {HELD} ", reports[0])
+    assert not [line for line in defaults_run["stderr"] if "--- logfunnel" in line]
