@@ -1,12 +1,13 @@
 """logfunnel's gunicorn hooks under a real gunicorn: every line once, losses counted exactly.
 
-Two gunicorns, one per configuration, each driven through a whole scenario once (module fixtures),
+Three gunicorns, one per configuration, each driven through a whole scenario once (module fixtures),
 then asserted on from several tests:
 
 - sync workers, no preload, ``max_requests`` recycling, a request stuck past ``--timeout``
   (SIGABRT, then SIGKILL) and a worker SIGKILLed from outside, each with records in flight;
 - gthread workers with ``--preload``, recycling, and a ``HUP`` that re-applies a changed
-  ``logconfig_dict``.
+  ``logconfig_dict``;
+- gunicorn's logging defaults (no ``logconfig_dict``) and a worker SIGKILLed.
 """
 
 from __future__ import annotations
