@@ -72,7 +72,7 @@ def pre_fork(server, worker):  # the master, before each fork: which threads it 
 def on_exit(server):
     logfunnel_gunicorn.on_exit(server)
     with open({folder!r} + "/stats.json", "w") as f:
-        json.dump(logfunnel_gunicorn.stats(), f, default=str)
+        json.dump(logfunnel_gunicorn.manager_stats(), f, default=str)
 """
 
 

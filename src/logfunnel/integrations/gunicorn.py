@@ -19,8 +19,9 @@ The star import brings the server hooks gunicorn looks for in its config module:
   its handlers.
 
 Each hook is a plain function: a config file that defines a hook of the same name calls ours from
-it (``logfunnel.integrations.gunicorn.post_fork(server, worker)``). ``stats()`` gives each manager's
-figures (for an ``on_exit`` of your own that records them).
+it (``logfunnel.integrations.gunicorn.post_fork(server, worker)``). ``manager_stats()`` gives each
+manager's figures (for an ``on_exit`` of your own that records them). ``manager_stats`` is the one
+name the star import brings that is not a hook; gunicorn ignores names that are not settings.
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ from ..worker import FunnelHandler, flush_worker_logging, install_worker_logging
 
 __all__ = [
     "child_exit",
+    "manager_stats",
     "on_exit",
     "on_reload",
     "on_starting",
     "post_fork",
-    "stats",
     "worker_abort",
     "worker_exit",
 ]
@@ -320,7 +321,7 @@ def on_exit(server: Any) -> None:
         master.shutdown()
 
 
-def stats() -> list[dict[str, Any]]:
+def manager_stats() -> list[dict[str, Any]]:
     """The figures of every manager this master started, oldest first (final once it stopped)."""
     master = _in_master()
     if master is None:
