@@ -173,9 +173,10 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         _running.add(self)
         if self._server is not None:
             self._saved_env = publish(self.queue)
-        if not self.handlers and not logging.getLogger().handlers:
+        if not self.handlers and not _any_logger_has_handlers():
             banner(
-                "the log listener has no handlers and the root logger has none: records go to "
+                "the log listener has no handlers and the root logger has none (nor any other "
+                "logger): records go to "
                 "logging.lastResort (stderr, WARNING and above) and those below WARNING are discarded; "
                 "pass handlers=[...] or configure logging before starting the listener"
             )
@@ -413,3 +414,10 @@ def start_listener(
         allow_remote=allow_remote,
     )
     return listener.start()
+
+
+def _any_logger_has_handlers() -> bool:
+    """Whether routing can reach a handler at all (gunicorn's loggers have their own, not the root)."""
+    root = logging.getLogger()
+    loggers = [root, *(x for x in list(root.manager.loggerDict.values()) if isinstance(x, logging.Logger))]
+    return any(logger.handlers for logger in loggers)

@@ -474,6 +474,13 @@ class LogManager:
     def _forget_after_fork(self) -> None:
         # A forked child must not hold the parent's end of the pipe (the manager would not see the
         # parent's death) and must never stop the parent's manager at its own exit.
+        # A raw os.fork (gunicorn's workers) keeps multiprocess's list of the parent's children, and
+        # at the child's exit multiprocess's atexit handler sent SIGTERM to every daemonic one (our
+        # manager: it drained and stopped, for every worker) and then failed on "can only join a
+        # child process", which aborted the finalizers that flush the child's records.
+        children = getattr(sys.modules.get("multiprocess.process"), "_children", None)
+        if self._process is not None and children is not None:
+            children.discard(self._process)
         if self._conn is not None:
             try:
                 self._conn.close()
