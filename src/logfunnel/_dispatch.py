@@ -3,8 +3,11 @@
 A listener owns one. Told the handlers once (or None: records go through this process's logging
 configuration), it decides what the workers render, then for every batch:
 
-* a plain ``StreamHandler``/``FileHandler`` with a plain ``Formatter`` and no filter gets the lines the
-  workers rendered, written batch by batch (``_write_lines``), on the listener's thread;
+* a file or stream handler whose formatter the workers can render (a plain ``Formatter``, a JSON one,
+  one declared with ``render_in_workers``; see ``_wire.render_spec``) and whose class keeps the
+  emitting seams (``StreamHandler``, ``FileHandler``, ``WatchedFileHandler``, the rotating and timed
+  ones, logfunnel's ``Locked*``; see ``_writers``) gets the lines the workers rendered, written
+  batch by batch, rotation decided line by line, on the listener's thread;
 * every other local file or stream handler (and ``NullHandler``, logfunnel's own handlers, and any
   handler marked with ``logfunnel.inline()``) gets whole records, inline;
 * every other handler (the network ones: HTTP, SMTP, sockets, syslog, and anything unknown) gets whole
@@ -26,14 +29,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _wire
+from . import _wire, _writers
 from ._handling import banner
 from ._lanes import Lane, is_lane, wants_inline
-from .handlers._disk import losses_of, write_lines
+from .handlers._disk import losses_of
 
 __all__ = ["Dispatcher"]
 
-_FAST_TYPES = (logging.StreamHandler, logging.FileHandler)
+#: A format every worker renders when a handler needs each record's creation time (a timed
+#: ``Locked*`` handler): ``repr`` of a float, which ``float()`` turns back into the same float.
+_CREATED_SPEC: _wire.Spec = ("%(created)r", None, "%", None, "%Y-%m-%d %H:%M:%S", "%s,%03d", "local")
+_EARLIEST, _LATEST = 0.0, 2.0**40  # creation times a worker may claim (beyond: the time now)
 
 
 def new_record(state: dict[str, Any]) -> logging.LogRecord:
@@ -116,7 +122,8 @@ class Dispatcher:
         self.routed = not self.handlers
         self._prerender = prerender and not self.routed and seam is None
         self._seam = seam
-        self._fast: list[tuple[logging.Handler, int]] = []
+        self._fast: list[tuple[logging.Handler, int, _writers.Writer]] = []
+        self._created = -1  # the plan's index of the creation times, if a fast handler needs them
         self._slow: list[tuple[logging.Handler, logging.Handler]] = []  # (handler, what to call)
         self._routes: list[tuple[logging.Handler, logging.Handler]] = []
         self._wrapped: list[tuple[logging.Handler, _Prerendered]] = []
@@ -131,9 +138,9 @@ class Dispatcher:
 
     def start(self) -> dict[str, Any]:
         """Decide, once, what workers render and which handler runs where; return the plan."""
-        specs: list[_wire.Spec] = []
+        specs: list[_wire.AnySpec] = []
         for handler in self.handlers:
-            spec = _wire.formatter_spec(handler.formatter) if self._prerender else None
+            spec = _wire.render_spec(handler.formatter) if self._prerender else None
             index = -1
             if spec is not None:
                 if spec not in specs:
@@ -141,8 +148,13 @@ class Dispatcher:
                 index = specs.index(spec)
             target = self._target_for(handler)
             self._routes.append((handler, target))
-            if index >= 0 and type(handler) in _FAST_TYPES and not handler.filters:
-                self._fast.append((handler, index))
+            writer = _writers.writer_for(handler) if index >= 0 else None
+            if writer is not None:
+                self._fast.append((handler, index, writer))
+                if _writers.needs_created(handler) and self._created < 0:
+                    if _CREATED_SPEC not in specs:
+                        specs.append(_CREATED_SPEC)
+                    self._created = specs.index(_CREATED_SPEC)
                 continue
             self._slow.append((handler, target))
             if index >= 0:
@@ -179,15 +191,21 @@ class Dispatcher:
         self, levels: list[int], lines: list[list[str | None]], records: list[dict[str, Any]] | None
     ) -> None:
         """A decoded batch: rendered lines to the fast handlers, records to the rest."""
-        for handler, index in self._fast:
+        created: list[float] = []
+        if self._fast and self._created >= 0:
+            created = _created(lines[self._created])
+        for handler, index, writer in self._fast:
             threshold = self._threshold(handler)
             chosen = lines[index]
+            times = created or [0.0] * len(chosen)
             if threshold > min(levels):
+                times = [when for when, level in zip(times, levels) if level >= threshold]
                 chosen = [line for line, level in zip(chosen, levels) if level >= threshold]
             if None in chosen:
+                times = [when for when, line in zip(times, chosen) if line is not None]
                 chosen = [line for line in chosen if line is not None]
             if chosen:
-                _write_lines(handler, chosen)  # type: ignore[arg-type]
+                writer(handler, chosen, times)  # type: ignore[arg-type]
         if records is None:
             if self._slow and self._pausable:
                 self._count_unsent(levels)
@@ -406,27 +424,20 @@ class Dispatcher:
                 pass
 
 
+def _created(column: list[str | None]) -> list[float]:
+    """Each record's creation time from the lines of ``_CREATED_SPEC``; the time now for any line
+    that is not a finite time a worker could have stamped (a hostile or broken peer)."""
+    now = time.time()
+    times = []
+    for text in column:
+        try:
+            when = float(text)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            when = now
+        times.append(when if _EARLIEST <= when <= _LATEST else now)
+    return times
+
+
 def _write_lines(handler: logging.Handler, lines: list[str]) -> None:
-    # What StreamHandler.emit does for each record, once for the whole batch: whole lines or none
-    # when the disk fills up, losses counted, one unencodable line costing only itself
-    # (handlers._disk.write_lines).
-    terminator = handler.terminator  # type: ignore[attr-defined]
-    handler.acquire()
-    try:
-        stream = handler.stream  # type: ignore[attr-defined]
-        if (
-            stream is None
-            and isinstance(handler, logging.FileHandler)
-            and (handler.mode != "w" or not getattr(handler, "_closed", False))  # as FileHandler.emit
-        ):
-            stream = handler.stream = handler._open()  # noqa: SLF001
-        if stream is None:
-            return
-        kept = write_lines(handler, stream, lines, terminator)
-        if kept is None and isinstance(handler, logging.FileHandler):
-            handler.stream = None  # dropped after a failed write: reopened with the next batch
-    except Exception:
-        losses_of(handler).lose(len(lines), "error", episode=False)
-        handler.handleError(_failure_record(f"a batch of {len(lines)} lines"))
-    finally:
-        handler.release()
+    """What ``StreamHandler.emit`` does for each record, once for the whole batch (``_writers``)."""
+    _writers._write_plain(handler, lines, [])  # noqa: SLF001

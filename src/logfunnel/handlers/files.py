@@ -373,6 +373,28 @@ class _Locked(UnlockedHandle):
             self.losses.lose(1, "error", episode=False)
             self.handleError(record)  # type: ignore[attr-defined]
 
+    def write_rendered(self, lines: list[str], created: list[float]) -> None:
+        """Write *lines*, rendered elsewhere by an identical formatter (a listener's workers), as
+        ``emit()`` would write the records they came from, *created* their creation times (used by
+        the timed handler): queued with whatever waits, then written under the file lock, the
+        rotation decided line by line. Returns once they are written (or counted lost)."""
+        try:
+            with self.lock:
+                if self._pid != os.getpid():
+                    self._after_fork_in_child()
+                if self.stream is None and self.mode == "w" and self._closed:
+                    return  # as emit(): a closed 'w' handler drops the records (bpo-42378)
+                if not self._exit_hooked:
+                    self._hook_exit()
+                terminator = self.terminator
+                self._pending.extend((line + terminator, when) for line, when in zip(lines, created))
+            self._flush_pending(block=True)
+        except RecursionError:
+            raise
+        except Exception:
+            self.losses.lose(len(lines), "error", episode=False)
+            self.handleError(logging.makeLogRecord({"msg": f"a batch of {len(lines)} lines"}))  # type: ignore[attr-defined]
+
     def _before_emit(self, record: logging.LogRecord) -> None:
         """What the standard library's emit does before writing; the rotating handlers decide here."""
 
