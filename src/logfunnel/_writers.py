@@ -29,7 +29,7 @@ import logging.handlers
 import os
 from collections.abc import Callable
 
-from .handlers._disk import losses_of, write_lines
+from .handlers._disk import _stateless, losses_of, write_lines
 from .handlers.files import _ROLLS_EMPTY_FILES, _Locked
 
 __all__ = ["Writer", "needs_created", "writer_for"]
@@ -115,6 +115,9 @@ def _write_rotating(handler: logging.Handler, lines: list[str], created: list[fl
         terminator = rotating.terminator
         encoding = (stream.encoding or "utf-8").lower()
         errors = stream.errors or "strict"
+        if not _stateless(encoding):  # UTF-16 and friends: a BOM once per file, not per line
+            _append_measured(handler, lines)
+            return
         ascii_ok = encoding in _ASCII_SUPERSETS and terminator.isascii()
         extra = len(terminator)
         start = 0
@@ -139,6 +142,21 @@ def _write_rotating(handler: logging.Handler, lines: list[str], created: list[fl
                     pass  # not written: write_lines reports it, and it takes no room
         if start < len(lines):
             _append(handler, lines[start:])
+
+
+def _append_measured(handler: logging.Handler, lines: list[str]) -> None:
+    """Line by line, the position asked of the stream each time, as ``shouldRollover`` asks it: for
+    encodings whose bytes per line depend on what came before (a byte-order mark)."""
+    rotating: _Rotating = handler  # type: ignore[assignment]
+    for line in lines:
+        stream = rotating.stream
+        if stream is None:
+            stream = rotating.stream = rotating._open()  # noqa: SLF001
+        stream.seek(0, 2)
+        position = stream.tell()
+        if (position or _ROLLS_EMPTY_FILES) and position + len(line) + 1 >= rotating.maxBytes:
+            rotating.doRollover()
+        _append(handler, [line])
 
 
 def _write_locked(handler: logging.Handler, lines: list[str], created: list[float]) -> None:
