@@ -610,7 +610,7 @@ def class_spec(formatter: logging.Formatter) -> ClassSpec | None:
         else:
             char = _STYLE_CHARS.get(type(value))
             defaults = getattr(value, "_defaults", None)
-            if char is None or not wire_safe(defaults) or set(vars(value)) - {"_fmt", "_defaults"}:
+            if char is None or not wire_safe(defaults) or set(vars(value)) - {"_fmt", "_defaults", "_tpl"}:
                 return None
             style = [char, value._fmt, defaults]  # noqa: SLF001
     refs: dict[str, str] = {}
