@@ -32,6 +32,7 @@ from typing import Any
 from . import _wire, _writers
 from ._handling import banner
 from ._lanes import Lane, is_lane, wants_inline
+from ._routing import RoutePlan
 from .handlers._disk import losses_of
 
 __all__ = ["Dispatcher"]
@@ -120,7 +121,9 @@ class Dispatcher:
         self.level = level
         self.respect_handler_level = respect_handler_level
         self.routed = not self.handlers
-        self._prerender = prerender and not self.routed and seam is None
+        self._prerender = prerender and seam is None
+        self._route_plan: RoutePlan | None = None  # routed, with lines: see _routing
+        self._unrouted = 0
         self._seam = seam
         self._fast: list[tuple[logging.Handler, int, _writers.Writer]] = []
         self._created = -1  # the plan's index of the creation times, if a fast handler needs them
@@ -138,6 +141,8 @@ class Dispatcher:
 
     def start(self) -> dict[str, Any]:
         """Decide, once, what workers render and which handler runs where; return the plan."""
+        if self.routed and self._prerender:
+            return self._start_routed()
         specs: list[_wire.AnySpec] = []
         for handler in self.handlers:
             spec = _wire.render_spec(handler.formatter) if self._prerender else None
@@ -174,6 +179,18 @@ class Dispatcher:
                 handler._held = True  # noqa: SLF001  (drained by stop(), after the last records)
         return self.plan
 
+    def _start_routed(self) -> dict[str, Any]:
+        plan = RoutePlan(self._find_logger)
+        specs = plan.start(_CREATED_SPEC)
+        if plan.fast:
+            self._route_plan = plan
+            self._created = plan.created
+            self._pausable = True  # records only while some route needs them (wants_records)
+        # Whole records travel (the first batches, and whenever a route needs them) unless told
+        # otherwise by an acknowledgement (wants_records).
+        self.plan = {"formats": specs, "full": True, "level": self.level}
+        return self.plan
+
     def _target_for(self, handler: logging.Handler) -> logging.Handler:
         """*handler* itself if it runs inline, else the lane made for it (once)."""
         if wants_inline(handler):
@@ -191,6 +208,9 @@ class Dispatcher:
         self, levels: list[int], lines: list[list[str | None]], records: list[dict[str, Any]] | None
     ) -> None:
         """A decoded batch: rendered lines to the fast handlers, records to the rest."""
+        if self._route_plan is not None:
+            self._dispatch_routed(levels, lines, records)
+            return
         created: list[float] = []
         if self._fast and self._created >= 0:
             created = _created(lines[self._created])
@@ -234,6 +254,63 @@ class Dispatcher:
         else:
             self._deliver_batch(levels, made)
 
+    def _dispatch_routed(
+        self, levels: list[int], lines: list[list[str | None]], records: list[dict[str, Any]] | None
+    ) -> None:
+        # Each name's route once (RoutePlan), each handler's lines gathered and written at the end
+        # of the batch, or before a record of the batch takes the record path (order per handler).
+        plan = self._route_plan
+        assert plan is not None
+        plan.check()
+        names = lines[plan.names]
+        created = _created(lines[self._created]) if self._created >= 0 else None
+        pending: dict[int, tuple[logging.Handler, _writers.Writer, list[str], list[float]]] = {}
+        floor = self.level
+        unrouted = 0
+        for position, name in enumerate(names):
+            level = levels[position]
+            if level < floor:
+                continue
+            route = plan.route(name) if type(name) is str else None
+            if route is None:
+                if records is None:
+                    unrouted += 1
+                    continue
+                self._flush_routed(pending)
+                self._route(new_record(records[position]))
+                continue
+            logger, targets = route
+            if not targets or not logger.isEnabledFor(level):
+                continue
+            for handler, index, writer in targets:
+                if level < handler.level:
+                    continue
+                line = lines[index][position]
+                if line is None:
+                    continue  # the worker could not render it, and said so there
+                gathered = pending.get(id(handler))
+                if gathered is None:
+                    gathered = pending[id(handler)] = (handler, writer, [], [])
+                gathered[2].append(line)
+                if created is not None:
+                    gathered[3].append(created[position])
+        self._flush_routed(pending)
+        if unrouted:
+            self._unrouted += unrouted
+            banner(
+                f"{unrouted} log records arrived without their attributes after the logging "
+                "configuration changed so that their loggers need them (a filter, or a handler whose "
+                "format the workers do not render); they are counted lost (configuration_changed)"
+            )
+
+    @staticmethod
+    def _flush_routed(
+        pending: dict[int, tuple[logging.Handler, _writers.Writer, list[str], list[float]]],
+    ) -> None:
+        for handler, writer, chosen, times in pending.values():
+            writer(handler, chosen, times or [0.0] * len(chosen))
+        pending.clear()
+
     def _threshold(self, handler: logging.Handler) -> int:
         """The lowest level *handler* takes from this dispatcher."""
         return max(self.level, handler.level if self.respect_handler_level else 0)
@@ -245,6 +322,9 @@ class Dispatcher:
         The lanes count the records not sent as dropped (``_count_unsent``)."""
         if not self._pausable:
             return True
+        if self._route_plan is not None:
+            self._route_plan.check()
+            return not self._route_plan.all_fast
         return not all(target.saturated for _, target in self._slow)  # type: ignore[attr-defined]
 
     def _count_unsent(self, levels: list[int]) -> None:
@@ -367,6 +447,9 @@ class Dispatcher:
             total += figures["lines_lost"]
             for reason, count in figures["by_reason"].items():
                 reasons[reason] = reasons.get(reason, 0) + count
+        if self._unrouted:
+            total += self._unrouted
+            reasons["configuration_changed"] = self._unrouted
         return {"lines_lost": total, "handler_failures": reasons}
 
     # -- the end -----------------------------------------------------------------------------------

@@ -1,0 +1,129 @@
+"""Routing by logger name with lines the workers rendered: the ``RoutePlan`` of a routed listener.
+
+A listener without handlers of its own routes each record through this process's logger tree, as
+``Logger.handle`` would. When the handlers in that tree can take lines (a formatter the workers can
+render, a class with a batch writer, no filter: see ``_wire.render_spec`` and ``_writers``), the
+plan asks the workers for those lines and for each record's logger name, and a batch is routed by
+name alone: for each name, once, the handlers ``Logger.handle`` would reach (its logger's level is
+checked per record, live, and each handler's level), then each handler gets its lines in one write.
+
+Where the record itself is needed (a logger with filters, a handler that cannot take lines, a
+``Logger`` subclass with its own ``handle``, no handler at all: ``lastResort``), the record takes
+the record path, so workers are asked for whole records only while some route needs them
+(``wants_records``). The tree may change after workers connected: a cheap signature of it (each
+logger's handlers, filters, propagate and disabled flags, each handler's filters and formatter) is
+checked at every batch, and the routes are planned again when it differs. A handler added later
+whose format the workers were not asked for takes the record path. Records of a batch already sent
+without their attributes whose route needs them then are counted lost (``losses()``, reason
+``configuration_changed``), with a banner.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from . import _wire, _writers
+
+__all__ = ["NAME_SPEC", "RoutePlan"]
+
+#: The format that renders each record's logger name (the key of its route).
+NAME_SPEC: _wire.Spec = ("%(name)s", None, "%", None, "%Y-%m-%d %H:%M:%S", "%s,%03d", "local")
+
+Target = tuple[logging.Handler, int, _writers.Writer]
+Route = tuple[logging.Logger, list[Target]]
+
+
+def _walks_itself(logger: logging.Logger) -> bool:
+    kind = type(logger)
+    return kind.handle is logging.Logger.handle and kind.callHandlers is logging.Logger.callHandlers
+
+
+def _loggers(manager: Any) -> list[logging.Logger]:
+    return [manager.root, *(lg for lg in list(manager.loggerDict.values()) if isinstance(lg, logging.Logger))]
+
+
+class RoutePlan:
+    """Which handlers of the logger tree take lines, under which format index, and each name's route."""
+
+    def __init__(self, find_logger: Callable[[str], logging.Logger]) -> None:
+        self.find_logger = find_logger
+        self.manager = find_logger("").manager
+        self.specs: list[_wire.AnySpec] = []
+        self.fast: dict[int, tuple[logging.Handler, Any, int, _writers.Writer]] = {}  # id -> (h, fmt, i, w)
+        self.names = -1
+        self.created = -1
+        self.routes: dict[str, Route | None] = {}
+        self.signature: int | None = None
+        self.all_fast = False
+
+    def start(self, created_spec: _wire.Spec) -> list[_wire.AnySpec]:
+        """Plan the formats from the tree as it is now; return them (the plan's ``formats``)."""
+        for logger in _loggers(self.manager):
+            for handler in logger.handlers:
+                if id(handler) in self.fast:
+                    continue
+                spec = _wire.render_spec(handler.formatter)
+                writer = _writers.writer_for(handler) if spec is not None else None
+                if spec is None or writer is None:
+                    continue
+                if spec not in self.specs:
+                    self.specs.append(spec)
+                self.fast[id(handler)] = (handler, handler.formatter, self.specs.index(spec), writer)
+                if _writers.needs_created(handler) and self.created < 0:
+                    self.specs.append(created_spec)
+                    self.created = len(self.specs) - 1
+        if self.fast:
+            self.specs.append(NAME_SPEC)
+            self.names = len(self.specs) - 1
+        self.check()
+        return self.specs
+
+    def check(self) -> None:
+        """Plan the routes again if the logger tree changed since the last batch."""
+        signature = self._signature()
+        if signature == self.signature:
+            return
+        self.signature = signature
+        self.routes = {}
+        loggers = _loggers(self.manager)
+        self.all_fast = bool(self.fast) and all(self._plan(lg) is not None for lg in loggers)
+
+    def _signature(self) -> int:
+        parts = []
+        for logger in _loggers(self.manager):
+            if logger.handlers or logger.filters or logger.disabled or not logger.propagate:
+                handlers = tuple((id(h), id(h.formatter), len(h.filters)) for h in logger.handlers)
+                parts.append((id(logger), logger.propagate, logger.disabled, len(logger.filters), handlers))
+        return hash(tuple(parts))
+
+    def route(self, name: str) -> Route | None:
+        """The route of a record of logger *name*, or None: it needs the record path."""
+        try:
+            return self.routes[name]
+        except KeyError:
+            pass
+        route = self.routes[name] = self._plan(self.find_logger(name))
+        return route
+
+    def _plan(self, logger: logging.Logger) -> Route | None:
+        if not _walks_itself(logger) or logger.filters:
+            return None
+        if logger.disabled:
+            return (logger, [])
+        targets: list[Target] = []
+        current: logging.Logger | None = logger
+        while current is not None:
+            for handler in current.handlers:
+                fast = self.fast.get(id(handler))
+                if (
+                    fast is None
+                    or fast[0] is not handler
+                    or fast[1] is not handler.formatter
+                    or handler.filters
+                ):
+                    return None
+                targets.append((handler, fast[2], fast[3]))
+            current = current.parent if current.propagate else None
+        return (logger, targets) if targets else None  # none at all: lastResort, on the record path
