@@ -88,3 +88,33 @@ def log_locally_and_remotely(handle: Any, paths: list[str]) -> None:
     emit_every_kind(logging.getLogger("app.fast"))
     logging.shutdown()
     sys.stdout.flush()
+
+
+def emit_routed(tag: str, count: int) -> None:
+    """Records for the routing tests, on loggers of every kind in ``routed_config``."""
+    for i in range(count):
+        logging.getLogger("app").info("%s app %d", tag, i)
+        logging.getLogger("app").debug("%s app debug %d", tag, i)
+        logging.getLogger("app.db").info("%s db %d %s", tag, i, "q" * (i % 50))
+        logging.getLogger("app.db.pool").debug("%s pool debug %d", tag, i)
+        logging.getLogger("app.db.pool").warning("%s pool %d", tag, i)
+        logging.getLogger("app.audit").info("%s audit %d", tag, i)
+        logging.getLogger(f"other.{i % 3}").warning("%s other é %d", tag, i)
+
+
+def log_routed(handle: Any, count: int) -> None:
+    """Join the listener and emit the routing tests' records."""
+    logfunnel.install_worker_logging(handle)
+    emit_routed("r", count)
+    logfunnel.flush_worker_logging(10)
+
+
+def log_in_phases(handle: Any, count: int, done: Any, go: Any) -> None:
+    """Emit phases A to D, each flushed; after each but the last, say so and wait for the parent."""
+    logfunnel.install_worker_logging(handle)
+    for phase in range(4):
+        emit_routed("ABCD"[phase], count)
+        logfunnel.flush_worker_logging(10)
+        if phase < 3:
+            done[phase].set()
+            go[phase].wait(20)

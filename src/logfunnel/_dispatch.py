@@ -32,7 +32,7 @@ from typing import Any
 from . import _wire, _writers
 from ._handling import banner
 from ._lanes import Lane, is_lane, wants_inline
-from ._routing import RoutePlan
+from ._routing import LOGGER, RoutePlan
 from .handlers._disk import losses_of
 
 __all__ = ["Dispatcher"]
@@ -271,15 +271,19 @@ class Dispatcher:
             level = levels[position]
             if level < floor:
                 continue
-            route = plan.route(name) if type(name) is str else None
-            if route is None:
-                if records is None:
-                    unrouted += 1
+            if type(name) is not str:
+                continue  # the worker could not render it, and said so there
+            logger, targets, needs = plan.route(name)
+            if needs is not None:
+                if records is not None:
+                    self._flush_routed(pending)
+                    self._route(new_record(records[position]))
                     continue
-                self._flush_routed(pending)
-                self._route(new_record(records[position]))
-                continue
-            logger, targets = route
+                if not logger.isEnabledFor(level):
+                    continue
+                unrouted += 1
+                if needs == LOGGER:
+                    continue
             if not targets or not logger.isEnabledFor(level):
                 continue
             for handler, index, writer in targets:

@@ -13,9 +13,10 @@ the record path, so workers are asked for whole records only while some route ne
 (``wants_records``). The tree may change after workers connected: a cheap signature of it (each
 logger's handlers, filters, propagate and disabled flags, each handler's filters and formatter) is
 checked at every batch, and the routes are planned again when it differs. A handler added later
-whose format the workers were not asked for takes the record path. Records of a batch already sent
-without their attributes whose route needs them then are counted lost (``losses()``, reason
-``configuration_changed``), with a banner.
+whose format the workers were not asked for takes the record path. A record of a batch already
+sent without its attributes whose route needs them then is counted lost (``losses()``, reason
+``configuration_changed``), with a banner: its lines still go to the handlers of its route that
+take lines, unless its logger itself needs the record (a filter).
 """
 
 from __future__ import annotations
@@ -26,13 +27,17 @@ from typing import Any
 
 from . import _wire, _writers
 
-__all__ = ["NAME_SPEC", "RoutePlan"]
+__all__ = ["HANDLERS", "LOGGER", "NAME_SPEC", "RoutePlan"]
 
 #: The format that renders each record's logger name (the key of its route).
 NAME_SPEC: _wire.Spec = ("%(name)s", None, "%", None, "%Y-%m-%d %H:%M:%S", "%s,%03d", "local")
 
 Target = tuple[logging.Handler, int, _writers.Writer]
-Route = tuple[logging.Logger, list[Target]]
+#: A name's logger, the handlers that take lines, and what needs the record: None (nothing), HANDLERS
+#: (a handler of the route that cannot take lines) or LOGGER (the logger itself: its filters, its own
+#: ``handle``, or no handler at all, ``lastResort``).
+Route = tuple[logging.Logger, list[Target], int | None]
+HANDLERS, LOGGER = 1, 2
 
 
 def _walks_itself(logger: logging.Logger) -> bool:
@@ -54,7 +59,7 @@ class RoutePlan:
         self.fast: dict[int, tuple[logging.Handler, Any, int, _writers.Writer]] = {}  # id -> (h, fmt, i, w)
         self.names = -1
         self.created = -1
-        self.routes: dict[str, Route | None] = {}
+        self.routes: dict[str, Route] = {}
         self.signature: int | None = None
         self.all_fast = False
 
@@ -88,7 +93,7 @@ class RoutePlan:
         self.signature = signature
         self.routes = {}
         loggers = _loggers(self.manager)
-        self.all_fast = bool(self.fast) and all(self._plan(lg) is not None for lg in loggers)
+        self.all_fast = bool(self.fast) and all(self._plan(lg)[2] is None for lg in loggers)
 
     def _signature(self) -> int:
         parts = []
@@ -98,8 +103,8 @@ class RoutePlan:
                 parts.append((id(logger), logger.propagate, logger.disabled, len(logger.filters), handlers))
         return hash(tuple(parts))
 
-    def route(self, name: str) -> Route | None:
-        """The route of a record of logger *name*, or None: it needs the record path."""
+    def route(self, name: str) -> Route:
+        """The route of a record of logger *name*."""
         try:
             return self.routes[name]
         except KeyError:
@@ -107,15 +112,18 @@ class RoutePlan:
         route = self.routes[name] = self._plan(self.find_logger(name))
         return route
 
-    def _plan(self, logger: logging.Logger) -> Route | None:
+    def _plan(self, logger: logging.Logger) -> Route:
         if not _walks_itself(logger) or logger.filters:
-            return None
+            return (logger, [], LOGGER)
         if logger.disabled:
-            return (logger, [])
+            return (logger, [], None)
         targets: list[Target] = []
+        needs: int | None = None
+        found = 0
         current: logging.Logger | None = logger
         while current is not None:
             for handler in current.handlers:
+                found += 1
                 fast = self.fast.get(id(handler))
                 if (
                     fast is None
@@ -123,7 +131,8 @@ class RoutePlan:
                     or fast[1] is not handler.formatter
                     or handler.filters
                 ):
-                    return None
-                targets.append((handler, fast[2], fast[3]))
+                    needs = HANDLERS
+                else:
+                    targets.append((handler, fast[2], fast[3]))
             current = current.parent if current.propagate else None
-        return (logger, targets) if targets else None  # none at all: lastResort, on the record path
+        return (logger, targets, needs if found else LOGGER)  # none at all: lastResort

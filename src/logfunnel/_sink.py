@@ -312,6 +312,8 @@ class SocketSink:
             stamped, dropped = self._stamped, self._dropped
             self._stalled = False
             self._progress.notify_all()  # room in the buffer for blocked callers
+        if self._sock is not None:
+            self._read_acks()  # whether to send whole records: as fresh as the listener said it
         try:
             frames = self._encode(batch, first, stamped, dropped)
         except Exception as exc:  # the sender thread must survive anything a record holds
