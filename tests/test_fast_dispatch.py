@@ -130,6 +130,12 @@ ROTATING: dict[str, dict[str, Any]] = {
     "ascii replace": {"maxBytes": 600, "backupCount": 4, "encoding": "ascii", "errors": "replace"},
     "utf-16": {"maxBytes": 1500, "backupCount": 4, "encoding": "utf-16"},
     "latin-1 strict": {"maxBytes": 600, "backupCount": 4, "encoding": "latin-1"},
+    "xmlcharrefreplace": {
+        "maxBytes": 9000,
+        "backupCount": 5,
+        "encoding": "ascii",
+        "errors": "xmlcharrefreplace",
+    },
 }
 
 
@@ -299,10 +305,12 @@ def test_watched_file_handler_reopens_a_moved_file_between_batches(tmp_path):
     assert batched == recorded and set(batched) == {"app.log", "moved.log"}
 
 
+WIDE = {"encoding": "ascii", "errors": "xmlcharrefreplace"}  # up to 10 bytes a character
 LOCKED: list[tuple[str, Factory]] = [
     ("file", lambda d: LockedFileHandler(d / "app.log")),
     ("watched", lambda d: LockedWatchedFileHandler(d / "app.log")),
     ("rotating", lambda d: LockedRotatingFileHandler(d / "app.log", maxBytes=700, backupCount=3)),
+    ("wide", lambda d: LockedRotatingFileHandler(d / "a", maxBytes=9000, backupCount=5, **WIDE)),
     ("compress", lambda d: LockedRotatingFileHandler(d / "a", maxBytes=5000, backupCount=2, compress=True)),
 ]  # fmt: skip
 

@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable
 
 from .handlers._disk import _stateless, losses_of, write_lines
-from .handlers.files import _ROLLS_EMPTY_FILES, _Locked
+from .handlers.files import _ROLLS_EMPTY_FILES, _WIDEST, _Locked
 
 __all__ = ["Writer", "needs_created", "writer_for"]
 
@@ -120,6 +120,11 @@ def _write_rotating(handler: logging.Handler, lines: list[str], created: list[fl
             return
         ascii_ok = encoding in _ASCII_SUPERSETS and terminator.isascii()
         extra = len(terminator)
+        if ascii_ok and position + _WIDEST * (sum(map(len, lines)) + len(lines) * (extra + 1)) < limit:
+            # No line of the batch can reach maxBytes (at most _WIDEST bytes a character in these
+            # encodings, error handlers included): the rule per line would say no to each.
+            _append(handler, lines)
+            return
         start = 0
         for index, line in enumerate(lines):
             # RotatingFileHandler.shouldRollover: tell() + len("%s\n" % msg) >= maxBytes.

@@ -52,6 +52,9 @@ _ROTATING_SEAMS = (*_PLAIN_SEAMS, "shouldRollover", "doRollover", "rotation_file
 
 _ASCII_SUPERSETS = {"utf-8", "utf8", "ascii", "latin-1", "latin1", "iso-8859-1", "cp1252"}
 _STATE_SIZE = 64
+#: The most bytes one character can take in an ASCII superset, error handlers included
+#: (xmlcharrefreplace writes U+10FFFF as "&#1114111;").
+_WIDEST = 10
 Item = tuple[str, float]  # a formatted line with its terminator, and the record's creation time
 
 
@@ -748,6 +751,9 @@ class LockedRotatingFileHandler(_Locked, _RotatingFileHandler):
     def _write_items(self, items: list[Item], size: int) -> None:
         if self.maxBytes <= 0 or self.backupCount <= 0 or not self._regular:
             self._write_text([text for text, _ in items])
+            return
+        if self._ascii_ok and size + _WIDEST * sum(len(text) for text, _ in items) < self.maxBytes:
+            self._write_text([text for text, _ in items])  # no line can reach maxBytes
             return
         chunk: list[str] = []
         for text, _ in items:
