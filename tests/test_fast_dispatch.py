@@ -375,3 +375,38 @@ def test_created_times_that_no_worker_could_stamp_become_the_time_now(tmp_path):
     dispatcher.stop()
     handler.close()
     assert (tmp_path / "app.log").read_text() == "a\nb\nc\nd\ne\n"
+
+
+class _CountingReopen(logging.handlers.WatchedFileHandler):
+    reopened = 0
+
+    def reopenIfNeeded(self) -> None:
+        type(self).reopened += 1
+        super().reopenIfNeeded()
+
+
+def test_overridden_reopen_if_needed_is_called_once_a_batch(tmp_path):
+    """WatchedFileHandler subclass: its reopenIfNeeded runs before each batch (once, not per line)."""
+    plan = _compare(tmp_path, lambda d: _CountingReopen(d / "app.log"))
+    assert _fast(plan)
+    batches = len(BATCHES) + 1  # the sizes, then the rest in one batch of 100 or fewer (40 records)
+    assert _CountingReopen.reopened == batches + len(_messages())  # the twin: once per record
+
+
+class _CountingDeletes(logging.handlers.TimedRotatingFileHandler):
+    asked = 0
+
+    def getFilesToDelete(self) -> list[str]:
+        type(self).asked += 1
+        return super().getFilesToDelete()
+
+
+def test_overridden_get_files_to_delete_is_called_on_the_batched_path(tmp_path):
+    """TimedRotatingFileHandler subclass: doRollover calls its getFilesToDelete, as record by record."""
+    plan = _compare(
+        tmp_path,
+        lambda d: _CountingDeletes(d / "app.log", when="midnight", backupCount=1),
+        prepare=_past_midnight,
+    )
+    assert _fast(plan)
+    assert _CountingDeletes.asked == 2  # one rollover in each twin

@@ -327,8 +327,7 @@ class Dispatcher:
         if not self._pausable:
             return True
         if self._route_plan is not None:
-            self._route_plan.check()
-            return not self._route_plan.all_fast
+            return not self._route_plan.check_all()
         return not all(target.saturated for _, target in self._slow)  # type: ignore[attr-defined]
 
     def _count_unsent(self, levels: list[int]) -> None:

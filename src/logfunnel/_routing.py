@@ -10,9 +10,11 @@ checked per record, live, and each handler's level), then each handler gets its 
 Where the record itself is needed (a logger with filters, a handler that cannot take lines, a
 ``Logger`` subclass with its own ``handle``, no handler at all: ``lastResort``), the record takes
 the record path, so workers are asked for whole records only while some route needs them
-(``wants_records``). The tree may change after workers connected: a cheap signature of it (each
-logger's handlers, filters, propagate and disabled flags, each handler's filters and formatter) is
-checked at every batch, and the routes are planned again when it differs. A handler added later
+(``wants_records``). The tree may change after workers connected: a cheap signature of the loggers
+on the routes planned so far (their handlers, filters, propagate and disabled flags and parents,
+each handler's filters and formatter) is checked at every batch, and the routes are planned again
+when it differs; the whole tree is looked at every 0.1 s, and at once after such a change, to decide
+whether whole records must travel again. A handler added later
 whose format the workers were not asked for takes the record path. A record of a batch already
 sent without its attributes whose route needs them then is counted lost (``losses()``, reason
 ``configuration_changed``), with a banner: its lines still go to the handlers of its route that
@@ -22,12 +24,15 @@ take lines, unless its logger itself needs the record (a filter).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from . import _wire, _writers
 
 __all__ = ["HANDLERS", "LOGGER", "NAME_SPEC", "RoutePlan"]
+
+_EVERY = 0.1  # seconds between looks at the whole tree (for wants_records)
 
 #: The format that renders each record's logger name (the key of its route).
 NAME_SPEC: _wire.Spec = ("%(name)s", None, "%", None, "%Y-%m-%d %H:%M:%S", "%s,%03d", "local")
@@ -60,8 +65,10 @@ class RoutePlan:
         self.names = -1
         self.created = -1
         self.routes: dict[str, Route] = {}
-        self.signature: int | None = None
+        self.chain: dict[int, logging.Logger] = {}  # the loggers of the routes planned so far
+        self.signature = self._signature(self.chain)
         self.all_fast = False
+        self._next_full = 0.0
 
     def start(self, created_spec: _wire.Spec) -> list[_wire.AnySpec]:
         """Plan the formats from the tree as it is now; return them (the plan's ``formats``)."""
@@ -82,25 +89,43 @@ class RoutePlan:
         if self.fast:
             self.specs.append(NAME_SPEC)
             self.names = len(self.specs) - 1
-        self.check()
+        self.check_all()
         return self.specs
 
     def check(self) -> None:
-        """Plan the routes again if the logger tree changed since the last batch."""
-        signature = self._signature()
-        if signature == self.signature:
-            return
-        self.signature = signature
-        self.routes = {}
-        loggers = _loggers(self.manager)
-        self.all_fast = bool(self.fast) and all(self._plan(lg)[2] is None for lg in loggers)
+        """Plan the routes again if a logger on one of them changed since the last batch: its
+        handlers (and theirs: filters, formatter), filters, propagate and disabled flags, parent.
+        Cheap: only the loggers of the routes planned so far (a new name's route is planned from
+        the tree as it is then)."""
+        if self._signature(self.chain) != self.signature:
+            self.replan()
 
-    def _signature(self) -> int:
+    def check_all(self) -> bool:
+        """Whether every route of the tree, as it is now, takes lines only (whole records need not
+        travel). Looks at every logger at most every ``_EVERY`` seconds (a logger off every route
+        so far may have changed), and at once after ``check()`` found a change."""
+        now = time.monotonic()
+        if now >= self._next_full:
+            self._next_full = now + _EVERY
+            loggers = _loggers(self.manager)
+            self.all_fast = bool(self.fast) and all(self._plan(lg)[2] is None for lg in loggers)
+        return self.all_fast
+
+    def replan(self) -> None:
+        self.routes = {}
+        self.chain = {}
+        self.signature = self._signature(self.chain)
+        self._next_full = 0.0
+
+    @staticmethod
+    def _signature(chain: dict[int, logging.Logger]) -> int:
         parts = []
-        for logger in _loggers(self.manager):
-            if logger.handlers or logger.filters or logger.disabled or not logger.propagate:
-                handlers = tuple((id(h), id(h.formatter), len(h.filters)) for h in logger.handlers)
-                parts.append((id(logger), logger.propagate, logger.disabled, len(logger.filters), handlers))
+        for logger in chain.values():
+            handlers = tuple((id(h), id(h.formatter), len(h.filters)) for h in logger.handlers)
+            parent = id(logger.parent)
+            parts.append(
+                (id(logger), parent, logger.propagate, logger.disabled, len(logger.filters), handlers)
+            )
         return hash(tuple(parts))
 
     def route(self, name: str) -> Route:
@@ -109,7 +134,17 @@ class RoutePlan:
             return self.routes[name]
         except KeyError:
             pass
-        route = self.routes[name] = self._plan(self.find_logger(name))
+        logger = self.find_logger(name)
+        route = self.routes[name] = self._plan(logger)
+        added = False
+        current: logging.Logger | None = logger
+        while current is not None:  # the loggers whose changes may change this route
+            if id(current) not in self.chain:
+                self.chain[id(current)] = current
+                added = True
+            current = current.parent
+        if added:
+            self.signature = self._signature(self.chain)
         return route
 
     def _plan(self, logger: logging.Logger) -> Route:
