@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._lanes import Lane, Retry, inline
 from ._transport import QueueHandle
+from ._wire import render_in_workers
 from .listener import LogListener, start_listener
 from .manager import LogManager, ManagerStartError
 from .worker import FunnelHandler, flush_worker_logging, install_worker_logging, uninstall_worker_logging
@@ -32,6 +33,7 @@ __all__ = [
     "flush_worker_logging",
     "inline",
     "install_worker_logging",
+    "render_in_workers",
     "start_listener",
     "start_receiver",
     "uninstall_worker_logging",
