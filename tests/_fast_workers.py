@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 import logfunnel
-from logfunnel._wire import render_in_workers
+from logfunnel import render_in_workers
 
 NOTICE = 25
 

@@ -66,7 +66,7 @@ def test_formatter_class_that_a_worker_cannot_import_is_rendered_on_the_listener
         pass
 
     handler = logging.NullHandler()
-    handler.setFormatter(logfunnel._wire.render_in_workers(Local)("%(message)s"))  # type: ignore[operator]
+    handler.setFormatter(logfunnel.render_in_workers(Local)("%(message)s"))  # type: ignore[operator]
     with logfunnel.start_listener(handlers=[handler]) as listener:
         assert listener._plan["full"] and listener._plan["formats"] == []
 
@@ -110,3 +110,19 @@ def test_rotating_file_set_from_workers_matches_one_process(tmp_path):
     for name in names:
         assert (remote / name).read_bytes() == (alone / name).read_bytes(), name
     assert listener.stats()["received"] == 500
+
+
+def test_render_in_workers_refuses_what_is_not_a_formatter_class():
+    """The declaration is for Formatter subclasses; anything else is told what was expected."""
+    with pytest.raises(
+        TypeError, match=r"^render_in_workers\(\) expected a logging\.Formatter subclass, got 3$"
+    ):
+        logfunnel.render_in_workers(3)  # type: ignore[arg-type]
+
+
+def test_a_worker_that_cannot_import_the_formatter_says_so_and_sends_no_lines(capfd):
+    """A class spec whose class this process cannot import: a banner naming it, and no renderer."""
+    from logfunnel._sink import _renderer
+
+    assert _renderer(("class", "no_such_module_here:Formatter", "{}", {}, None)) is None
+    assert "no_such_module_here:Formatter" in capfd.readouterr().err
