@@ -433,7 +433,8 @@ def record_state(state: dict[str, Any]) -> dict[str, Any]:
 #
 # A plain ``logging.Formatter`` is fully described by a few strings, so the listener can send that
 # description to every worker, and the worker renders each record's line itself: the listener then
-# only writes bytes. Formatter subclasses may do anything, so their records travel whole instead.
+# only writes bytes. Formatter subclasses may do anything: only those known or declared safe travel
+# as a class spec (below, ``render_spec``); the records of any other travel whole instead.
 
 _CONVERTERS: dict[str, Any] = {"local": time.localtime, "gm": time.gmtime}
 _STYLE_CHARS: dict[Any, str] = {style: char for char, (style, _) in logging._STYLES.items()}  # noqa: SLF001
