@@ -50,7 +50,6 @@ if _SRC.is_dir():
     sys.path.insert(0, str(_SRC))
 
 import _common as C
-
 import logfunnel
 
 try:

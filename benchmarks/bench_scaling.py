@@ -26,7 +26,6 @@ if _SRC.is_dir():
     sys.path.insert(0, str(_SRC))
 
 import _common as C
-
 import logfunnel
 
 CTX = multiprocessing.get_context("fork")
