@@ -410,3 +410,27 @@ def test_overridden_get_files_to_delete_is_called_on_the_batched_path(tmp_path):
     )
     assert _fast(plan)
     assert _CountingDeletes.asked == 2  # one rollover in each twin
+
+
+@pytest.mark.timeout(30)
+def test_locked_handler_batch_does_not_wait_for_another_process_holding_the_lock(tmp_path):
+    """The listener hands a Locked* handler its batch and goes on; the flusher writes it later."""
+    import fcntl
+
+    handler = LockedFileHandler(tmp_path / "app.log")
+    handler.setFormatter(logging.Formatter(FORMAT))
+    dispatcher = Dispatcher([handler], prerender=True)
+    plan = dispatcher.start()
+    assert _fast(plan)
+    fd = os.open(handler.lock_file, os.O_RDWR)  # another open file description: another process's lock
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        dispatcher.dispatch([logging.INFO] * 3, [["a", "b", "c"]], None)  # returns: the lock is busy
+        assert (tmp_path / "app.log").read_text() == ""
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    handler.flush()
+    dispatcher.stop()
+    handler.close()
+    assert (tmp_path / "app.log").read_text() == "a\nb\nc\n"

@@ -380,7 +380,9 @@ class _Locked(UnlockedHandle):
         """Write *lines*, rendered elsewhere by an identical formatter (a listener's workers), as
         ``emit()`` would write the records they came from, *created* their creation times (used by
         the timed handler): queued with whatever waits, then written under the file lock, the
-        rotation decided line by line. Returns once they are written (or counted lost)."""
+        rotation decided line by line; if another process holds the lock, the flusher thread
+        writes them as soon as it is free (as ``emit()`` does for a line below ERROR), so the
+        listener never waits for another process."""
         try:
             with self.lock:
                 if self._pid != os.getpid():
@@ -391,7 +393,8 @@ class _Locked(UnlockedHandle):
                     self._hook_exit()
                 terminator = self.terminator
                 self._pending.extend((line + terminator, when) for line, when in zip(lines, created))
-            self._flush_pending(block=True)
+            if not self._flush_pending(block=self._sync) and not self._woken:
+                self._wake_flusher()
         except RecursionError:
             raise
         except Exception:
