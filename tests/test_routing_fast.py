@@ -45,6 +45,17 @@ def routed_config(folder: Path, audit_filter: bool = False) -> dict[str, Any]:
     return config
 
 
+def _only_this_configuration() -> None:
+    """Take every other test's handlers and filters off the loggers (restore_loggers puts them back):
+    the routes are planned from the whole tree."""
+    for logger in list(logging.root.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger):
+            logger.handlers[:] = []
+            logger.filters[:] = []
+            logger.propagate, logger.disabled = True, False
+            logger.setLevel(logging.NOTSET)
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
 
@@ -76,6 +87,7 @@ def test_routed_files_are_those_of_one_process(tmp_path, audit_filter, restore_l
     remote, alone = tmp_path / "remote", tmp_path / "alone"
     remote.mkdir()
     alone.mkdir()
+    _only_this_configuration()
     logging.config.dictConfig(routed_config(remote, audit_filter))
     with logfunnel.start_listener() as listener:
         assert NAME_SPEC in listener._plan["formats"] and len(listener._plan["formats"]) == 2
@@ -99,6 +111,7 @@ def test_handler_added_after_workers_connected_gets_records_from_the_next_acknow
     restore_loggers,  # noqa: F811
 ):
     """A handler the workers cannot render for, added later: records again; any gap counted lost."""
+    _only_this_configuration()
     logging.config.dictConfig(routed_config(tmp_path))
     collect = Collect()
     ctx = multiprocessing.get_context("fork")
