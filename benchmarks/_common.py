@@ -145,6 +145,19 @@ def _worker_main(setup, wid, n_records, ready, go, lat_path):
         finish()
     with open(lat_path, "wb") as f:
         lat.tofile(f)
+    _write_rss(lat_path + ".rss")
+
+
+def _write_rss(path) -> None:
+    """This worker's resident memory after its records, for the caller (psutil, if installed)."""
+    try:
+        import psutil
+
+        rss = psutil.Process().memory_info().rss
+    except Exception:
+        return
+    with open(path, "w") as f:
+        f.write(str(rss))
 
 
 def run_timed_pool(
@@ -197,18 +210,30 @@ def run_timed_pool(
                 p.kill()
                 p.join(5)
     lats = []
+    rss = []
     for path in lat_paths:
         arr = array.array("q")
         with open(path, "rb") as f:
             arr.frombytes(f.read())
         lats.append(arr)
         os.unlink(path)
+        if os.path.exists(path + ".rss"):
+            with open(path + ".rss") as f:
+                rss.append(int(f.read() or 0))
+            os.unlink(path + ".rss")
     return {
         "seconds": seconds,
         "records": n_workers * n_records,
         "latency": latency_stats(lats),
+        "worker_rss_mb": max(rss) / 2**20 if rss else None,
         "finish_result": finish_result,
     }
+
+
+def parent_cpu_seconds() -> float:
+    """User plus system CPU seconds of this process so far (every thread: the listener's included)."""
+    times = os.times()
+    return times.user + times.system
 
 
 # --------------------------------------------------------------------------
@@ -293,6 +318,16 @@ def summarize(results: dict) -> dict:
             "p99_us": med("p99_us"),
             "checks_ok": not any(r.get("problems") for r in good),
         }
+    return summary
+
+
+def add_medians(summary: dict, results: dict, fields) -> dict:
+    """Add to each variant's summary the median over its good runs of each of *fields*."""
+    for name, runs in results.items():
+        for field in fields:
+            values = [r[field] for r in runs if "error" not in r and r.get(field) is not None]
+            if name in summary and values:
+                summary[name][field] = statistics.median(values)
     return summary
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "inline",
     "install_worker_logging",
     "join_host_funnel",
+    "render_in_workers",
     "start_listener",
     "start_receiver",
     "uninstall_worker_logging",
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from ._receiver import start_receiver as start_receiver
     from ._serve import join_host_funnel as join_host_funnel
     from ._transport import QueueHandle as QueueHandle
+    from ._wire import render_in_workers as render_in_workers
     from .listener import LogListener as LogListener
     from .listener import start_listener as start_listener
     from .manager import LogManager as LogManager
@@ -68,6 +70,7 @@ _LAZY = {
     "inline": "._lanes",
     "install_worker_logging": ".worker",
     "join_host_funnel": "._serve",
+    "render_in_workers": "._wire",
     "start_listener": ".listener",
     "start_receiver": "._receiver",
     "uninstall_worker_logging": ".worker",

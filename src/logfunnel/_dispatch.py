@@ -3,8 +3,11 @@
 A listener owns one. Told the handlers once (or None: records go through this process's logging
 configuration), it decides what the workers render, then for every batch:
 
-* a plain ``StreamHandler``/``FileHandler`` with a plain ``Formatter`` and no filter gets the lines the
-  workers rendered, written batch by batch (``_write_lines``), on the listener's thread;
+* a file or stream handler whose formatter the workers can render (a plain ``Formatter``, a JSON one,
+  one declared with ``render_in_workers``; see ``_wire.render_spec``) and whose class keeps the
+  emitting seams (``StreamHandler``, ``FileHandler``, ``WatchedFileHandler``, the rotating and timed
+  ones, logfunnel's ``Locked*``; see ``_writers``) gets the lines the workers rendered, written
+  batch by batch, rotation decided line by line, on the listener's thread;
 * every other local file or stream handler (and ``NullHandler``, logfunnel's own handlers, and any
   handler marked with ``logfunnel.inline()``) gets whole records, inline;
 * every other handler (the network ones: HTTP, SMTP, sockets, syslog, and anything unknown) gets whole
@@ -26,14 +29,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _wire
+from . import _wire, _writers
 from ._handling import banner
 from ._lanes import Lane, is_lane, wants_inline
-from .handlers._disk import losses_of, write_lines
+from ._routing import LOGGER, RoutePlan
+from .handlers._disk import losses_of
 
 __all__ = ["Dispatcher"]
 
-_FAST_TYPES = (logging.StreamHandler, logging.FileHandler)
+#: A format every worker renders when a handler needs each record's creation time (a timed
+#: ``Locked*`` handler): ``repr`` of a float, which ``float()`` turns back into the same float.
+_CREATED_SPEC: _wire.Spec = ("%(created)r", None, "%", None, "%Y-%m-%d %H:%M:%S", "%s,%03d", "local")
+_EARLIEST, _LATEST = 0.0, 2.0**40  # creation times a worker may claim (beyond: the time now)
 
 
 def new_record(state: dict[str, Any]) -> logging.LogRecord:
@@ -114,9 +121,12 @@ class Dispatcher:
         self.level = level
         self.respect_handler_level = respect_handler_level
         self.routed = not self.handlers
-        self._prerender = prerender and not self.routed and seam is None
+        self._prerender = prerender and seam is None
+        self._route_plan: RoutePlan | None = None  # routed, with lines: see _routing
+        self._unrouted = 0
         self._seam = seam
-        self._fast: list[tuple[logging.Handler, int]] = []
+        self._fast: list[tuple[logging.Handler, int, _writers.Writer]] = []
+        self._created = -1  # the plan's index of the creation times, if a fast handler needs them
         self._slow: list[tuple[logging.Handler, logging.Handler]] = []  # (handler, what to call)
         self._routes: list[tuple[logging.Handler, logging.Handler]] = []
         self._wrapped: list[tuple[logging.Handler, _Prerendered]] = []
@@ -131,9 +141,11 @@ class Dispatcher:
 
     def start(self) -> dict[str, Any]:
         """Decide, once, what workers render and which handler runs where; return the plan."""
-        specs: list[_wire.Spec] = []
+        if self.routed and self._prerender:
+            return self._start_routed()
+        specs: list[_wire.AnySpec] = []
         for handler in self.handlers:
-            spec = _wire.formatter_spec(handler.formatter) if self._prerender else None
+            spec = _wire.render_spec(handler.formatter) if self._prerender else None
             index = -1
             if spec is not None:
                 if spec not in specs:
@@ -141,8 +153,13 @@ class Dispatcher:
                 index = specs.index(spec)
             target = self._target_for(handler)
             self._routes.append((handler, target))
-            if index >= 0 and type(handler) in _FAST_TYPES and not handler.filters:
-                self._fast.append((handler, index))
+            writer = _writers.writer_for(handler) if index >= 0 else None
+            if writer is not None:
+                self._fast.append((handler, index, writer))
+                if _writers.needs_created(handler) and self._created < 0:
+                    if _CREATED_SPEC not in specs:
+                        specs.append(_CREATED_SPEC)
+                    self._created = specs.index(_CREATED_SPEC)
                 continue
             self._slow.append((handler, target))
             if index >= 0:
@@ -162,6 +179,18 @@ class Dispatcher:
                 handler._held = True  # noqa: SLF001  (drained by stop(), after the last records)
         return self.plan
 
+    def _start_routed(self) -> dict[str, Any]:
+        plan = RoutePlan(self._find_logger)
+        specs = plan.start(_CREATED_SPEC)
+        if plan.fast:
+            self._route_plan = plan
+            self._created = plan.created
+            self._pausable = True  # records only while some route needs them (wants_records)
+        # Whole records travel (the first batches, and whenever a route needs them) unless told
+        # otherwise by an acknowledgement (wants_records).
+        self.plan = {"formats": specs, "full": True, "level": self.level}
+        return self.plan
+
     def _target_for(self, handler: logging.Handler) -> logging.Handler:
         """*handler* itself if it runs inline, else the lane made for it (once)."""
         if wants_inline(handler):
@@ -179,15 +208,24 @@ class Dispatcher:
         self, levels: list[int], lines: list[list[str | None]], records: list[dict[str, Any]] | None
     ) -> None:
         """A decoded batch: rendered lines to the fast handlers, records to the rest."""
-        for handler, index in self._fast:
+        if self._route_plan is not None:
+            self._dispatch_routed(levels, lines, records)
+            return
+        created: list[float] = []
+        if self._fast and self._created >= 0:
+            created = _created(lines[self._created])
+        for handler, index, writer in self._fast:
             threshold = self._threshold(handler)
             chosen = lines[index]
+            times = created or [0.0] * len(chosen)
             if threshold > min(levels):
+                times = [when for when, level in zip(times, levels) if level >= threshold]
                 chosen = [line for line, level in zip(chosen, levels) if level >= threshold]
             if None in chosen:
+                times = [when for when, line in zip(times, chosen) if line is not None]
                 chosen = [line for line in chosen if line is not None]
             if chosen:
-                _write_lines(handler, chosen)  # type: ignore[arg-type]
+                writer(handler, chosen, times)  # type: ignore[arg-type]
         if records is None:
             if self._slow and self._pausable:
                 self._count_unsent(levels)
@@ -216,6 +254,67 @@ class Dispatcher:
         else:
             self._deliver_batch(levels, made)
 
+    def _dispatch_routed(
+        self, levels: list[int], lines: list[list[str | None]], records: list[dict[str, Any]] | None
+    ) -> None:
+        # Each name's route once (RoutePlan), each handler's lines gathered and written at the end
+        # of the batch, or before a record of the batch takes the record path (order per handler).
+        plan = self._route_plan
+        assert plan is not None
+        plan.check()
+        names = lines[plan.names]
+        created = _created(lines[self._created]) if self._created >= 0 else None
+        pending: dict[int, tuple[logging.Handler, _writers.Writer, list[str], list[float]]] = {}
+        floor = self.level
+        unrouted = 0
+        for position, name in enumerate(names):
+            level = levels[position]
+            if level < floor:
+                continue
+            if type(name) is not str:
+                continue  # the worker could not render it, and said so there
+            logger, targets, needs = plan.route(name)
+            if needs is not None:
+                if records is not None:
+                    self._flush_routed(pending)
+                    self._route(new_record(records[position]))
+                    continue
+                if not logger.isEnabledFor(level):
+                    continue
+                unrouted += 1
+                if needs == LOGGER:
+                    continue
+            if not targets or not logger.isEnabledFor(level):
+                continue
+            for handler, index, writer in targets:
+                if level < handler.level:
+                    continue
+                line = lines[index][position]
+                if line is None:
+                    continue  # the worker could not render it, and said so there
+                gathered = pending.get(id(handler))
+                if gathered is None:
+                    gathered = pending[id(handler)] = (handler, writer, [], [])
+                gathered[2].append(line)
+                if created is not None:
+                    gathered[3].append(created[position])
+        self._flush_routed(pending)
+        if unrouted:
+            self._unrouted += unrouted
+            banner(
+                f"{unrouted} log records arrived without their attributes after the logging "
+                "configuration changed so that their loggers need them (a filter, or a handler whose "
+                "format the workers do not render); they are counted lost (configuration_changed)"
+            )
+
+    @staticmethod
+    def _flush_routed(
+        pending: dict[int, tuple[logging.Handler, _writers.Writer, list[str], list[float]]],
+    ) -> None:
+        for handler, writer, chosen, times in pending.values():
+            writer(handler, chosen, times or [0.0] * len(chosen))
+        pending.clear()
+
     def _threshold(self, handler: logging.Handler) -> int:
         """The lowest level *handler* takes from this dispatcher."""
         return max(self.level, handler.level if self.respect_handler_level else 0)
@@ -227,6 +326,8 @@ class Dispatcher:
         The lanes count the records not sent as dropped (``_count_unsent``)."""
         if not self._pausable:
             return True
+        if self._route_plan is not None:
+            return not self._route_plan.check_all()
         return not all(target.saturated for _, target in self._slow)  # type: ignore[attr-defined]
 
     def _count_unsent(self, levels: list[int]) -> None:
@@ -349,6 +450,9 @@ class Dispatcher:
             total += figures["lines_lost"]
             for reason, count in figures["by_reason"].items():
                 reasons[reason] = reasons.get(reason, 0) + count
+        if self._unrouted:
+            total += self._unrouted
+            reasons["configuration_changed"] = self._unrouted
         return {"lines_lost": total, "handler_failures": reasons}
 
     # -- the end -----------------------------------------------------------------------------------
@@ -406,27 +510,20 @@ class Dispatcher:
                 pass
 
 
+def _created(column: list[str | None]) -> list[float]:
+    """Each record's creation time from the lines of ``_CREATED_SPEC``; the time now for any line
+    that is not a finite time a worker could have stamped (a hostile or broken peer)."""
+    now = time.time()
+    times = []
+    for text in column:
+        try:
+            when = float(text)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            when = now
+        times.append(when if _EARLIEST <= when <= _LATEST else now)
+    return times
+
+
 def _write_lines(handler: logging.Handler, lines: list[str]) -> None:
-    # What StreamHandler.emit does for each record, once for the whole batch: whole lines or none
-    # when the disk fills up, losses counted, one unencodable line costing only itself
-    # (handlers._disk.write_lines).
-    terminator = handler.terminator  # type: ignore[attr-defined]
-    handler.acquire()
-    try:
-        stream = handler.stream  # type: ignore[attr-defined]
-        if (
-            stream is None
-            and isinstance(handler, logging.FileHandler)
-            and (handler.mode != "w" or not getattr(handler, "_closed", False))  # as FileHandler.emit
-        ):
-            stream = handler.stream = handler._open()  # noqa: SLF001
-        if stream is None:
-            return
-        kept = write_lines(handler, stream, lines, terminator)
-        if kept is None and isinstance(handler, logging.FileHandler):
-            handler.stream = None  # dropped after a failed write: reopened with the next batch
-    except Exception:
-        losses_of(handler).lose(len(lines), "error", episode=False)
-        handler.handleError(_failure_record(f"a batch of {len(lines)} lines"))
-    finally:
-        handler.release()
+    """What ``StreamHandler.emit`` does for each record, once for the whole batch (``_writers``)."""
+    _writers._write_plain(handler, lines, [])  # noqa: SLF001

@@ -76,7 +76,7 @@ class SocketSink:
         self._unreachable = False  # the last attempt to connect failed
         self._closing = False
         self._sock: Any = None
-        self._renderers: list[_wire.Renderer] = []
+        self._renderers: list[logging.Formatter | None] = []
         self._full = self._plan_full = True
         self._incarnation = os.urandom(8)
         self._hooked = False
@@ -312,6 +312,8 @@ class SocketSink:
             stamped, dropped = self._stamped, self._dropped
             self._stalled = False
             self._progress.notify_all()  # room in the buffer for blocked callers
+        if self._sock is not None:
+            self._read_acks()  # whether to send whole records: as fresh as the listener said it
         try:
             frames = self._encode(batch, first, stamped, dropped)
         except Exception as exc:  # the sender thread must survive anything a record holds
@@ -375,7 +377,7 @@ class SocketSink:
         hello = (os.getpid(), multiprocessing.current_process().name, self._incarnation, os.getppid())
         try:
             sock, plan = connect(self.handle, hello, timeout or HANDSHAKE_TIMEOUT)
-            self._renderers = [_wire.Renderer(spec) for spec in plan["formats"]]
+            self._renderers = [_renderer(spec) for spec in plan["formats"]]
             self._full = self._plan_full = bool(plan["full"])
         except Exception as exc:
             if timeout is not None and isinstance(exc, TimeoutError):
@@ -588,7 +590,9 @@ class SocketSink:
             [],
         )
 
-    def _render(self, renderer: _wire.Renderer, batch: list[logging.LogRecord]) -> list[str | None]:
+    def _render(self, renderer: logging.Formatter | None, batch: list[logging.LogRecord]) -> list[str | None]:
+        if renderer is None:  # a formatter this process cannot rebuild (said once, at connection)
+            return [None] * len(batch)
         try:
             return [renderer.format(record) for record in batch]
         except Exception:
@@ -602,6 +606,20 @@ class SocketSink:
                     if handler is not None:
                         handler.handleError(record)
             return lines
+
+
+def _renderer(spec: Any) -> logging.Formatter | None:
+    """The formatter that renders the lines of *spec* here, or None (with a banner) if this process
+    cannot rebuild it: a class it cannot import, or one it does not take as safe to render here."""
+    try:
+        return _wire.make_renderer(spec)
+    except Exception as exc:
+        banner(
+            f"cannot render the log listener's format {spec[1] if type(spec) is tuple else spec!r} in "
+            f"this process ({exc!r}): its lines are not sent; make the formatter's class importable "
+            "here under the same name, as the listener's process has it"
+        )
+        return None
 
 
 def _placeholder(record: logging.LogRecord, exc: Exception) -> logging.LogRecord:

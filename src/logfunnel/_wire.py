@@ -29,9 +29,11 @@ The listener answers ``(ACK, seq)`` once it has handled every record up to ``seq
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import struct
+import sys
 import time
 from typing import Annotated, Any, Union
 
@@ -62,9 +64,12 @@ __all__ = [
     "escape",
     "formatter_spec",
     "frame",
+    "make_renderer",
     "nest",
     "pack",
     "record_state",
+    "render_in_workers",
+    "render_spec",
     "safe_repr",
     "unnest",
     "wire_safe",
@@ -428,7 +433,8 @@ def record_state(state: dict[str, Any]) -> dict[str, Any]:
 #
 # A plain ``logging.Formatter`` is fully described by a few strings, so the listener can send that
 # description to every worker, and the worker renders each record's line itself: the listener then
-# only writes bytes. Formatter subclasses may do anything, so their records travel whole instead.
+# only writes bytes. Formatter subclasses may do anything: only those known or declared safe travel
+# as a class spec (below, ``render_spec``); the records of any other travel whole instead.
 
 _CONVERTERS: dict[str, Any] = {"local": time.localtime, "gm": time.gmtime}
 _STYLE_CHARS: dict[Any, str] = {style: char for char, (style, _) in logging._STYLES.items()}  # noqa: SLF001
@@ -523,3 +529,143 @@ class Renderer(logging.Formatter):
                 s = s + "\n"
             s = s + self.formatStack(record.stack_info)
         return s
+
+
+# -- formatters of other classes, rebuilt in the worker from their state ---------------------------
+#
+# A formatter whose output is a function of the record alone (python-json-logger's JsonFormatter, or
+# a class its author declares so with ``render_in_workers``) is described by its class's import path
+# and its instance attributes as plain values: the worker imports the class, makes an instance
+# without calling ``__init__`` and gives it the same attributes, so every method runs as written,
+# on the same state. A formatter whose class is not known or declared safe (its own class, not a
+# base), whose class cannot be imported by name, or whose state holds anything but plain values,
+# style objects and importable functions or classes, is rendered on the listener as before.
+
+#: Classes rendered in workers without a declaration, by ``module:qualname``: their behaviour is a
+#: function of the record and of their instance attributes.
+KNOWN_SAFE = frozenset(
+    {
+        "pythonjsonlogger.json:JsonFormatter",
+        "pythonjsonlogger.jsonlogger:JsonFormatter",  # python-json-logger before 3.1
+    }
+)
+_SAFE_MARK = "__logfunnel_render_in_workers__"
+_STYLE_KEY = "_style"
+
+ClassSpec = tuple[str, str, str, dict[str, str], Any]  # ("class", path, state JSON, refs, style)
+AnySpec = Union[Spec, ClassSpec]  # noqa: UP007
+
+
+def render_in_workers(cls: type[logging.Formatter]) -> type[logging.Formatter]:
+    """Declare *cls* (a ``logging.Formatter`` subclass) safe to render in the workers: its output
+    depends only on the record and on its instance attributes, and it can be imported by name in a
+    worker. Use as a class decorator. The declaration is the class's own: a subclass must declare
+    itself again (it may override a method so that the promise no longer holds)."""
+    if not (isinstance(cls, type) and issubclass(cls, logging.Formatter)):
+        raise TypeError(f"render_in_workers() expected a logging.Formatter subclass, got {cls!r}")
+    setattr(cls, _SAFE_MARK, cls)
+    return cls
+
+
+def _path_of(obj: Any) -> str | None:
+    """``module:qualname`` of a function or class that importing that name gives back, else None."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if type(module) is not str or type(qualname) is not str or "<" in qualname or module == "__main__":
+        return None
+    try:
+        found = _resolve(f"{module}:{qualname}", import_missing=False)
+    except Exception:
+        return None
+    return f"{module}:{qualname}" if found is obj else None
+
+
+def _resolve(path: str, import_missing: bool = True) -> Any:
+    module_name, _, qualname = path.partition(":")
+    module = importlib.import_module(module_name) if import_missing else sys.modules[module_name]
+    found: Any = module
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def _declared_safe(cls: type) -> bool:
+    return cls.__dict__.get(_SAFE_MARK) is cls
+
+
+def class_spec(formatter: logging.Formatter) -> ClassSpec | None:
+    """Describe *formatter*, of a class known or declared safe to render in workers, by its class's
+    import path and its state; None if the worker could not rebuild it exactly."""
+    cls = type(formatter)
+    path = _path_of(cls)
+    if path is None or not (path in KNOWN_SAFE or _declared_safe(cls)):
+        return None
+    state = dict(vars(formatter))
+    if _OVERRIDABLE.intersection(state):  # a method replaced on the instance
+        return None
+    style: Any = None
+    if _STYLE_KEY in state:
+        value = state.pop(_STYLE_KEY)
+        if type(value) is str:  # python-json-logger's own styles ("," and "__sequence__")
+            style = value
+        else:
+            char = _STYLE_CHARS.get(type(value))
+            defaults = getattr(value, "_defaults", None)
+            if char is None or not wire_safe(defaults) or set(vars(value)) - {"_fmt", "_defaults", "_tpl"}:
+                return None
+            style = [char, value._fmt, defaults]  # noqa: SLF001
+    refs: dict[str, str] = {}
+    for key, value in list(state.items()):
+        if callable(value):
+            ref = _path_of(value)
+            if ref is None:
+                return None
+            refs[key] = ref
+            del state[key]
+    text = nest(state)
+    if text is None:
+        return None
+    return ("class", path, text, refs, style)
+
+
+def render_spec(formatter: logging.Formatter | None) -> AnySpec | None:
+    """What a worker needs to render *formatter*'s lines: a plain spec (``formatter_spec``), a class
+    spec (``class_spec``), or None: the listener renders them."""
+    spec = formatter_spec(formatter)
+    if spec is not None or formatter is None:
+        return spec
+    return class_spec(formatter)
+
+
+class _Rebuilt:
+    """Builds the formatter a class spec describes, in the worker."""
+
+    @staticmethod
+    def build(spec: ClassSpec) -> logging.Formatter:
+        _, path, text, refs, style = spec
+        cls = _resolve(path)
+        if not (isinstance(cls, type) and issubclass(cls, logging.Formatter)):
+            raise TypeError(f"{path} is not a logging.Formatter subclass")
+        if not (path in KNOWN_SAFE or _declared_safe(cls)):
+            raise TypeError(f"{path} is neither known nor declared safe to render in workers")
+        formatter = cls.__new__(cls)
+        state = unnest(text.encode("ascii"))
+        if type(state) is not dict:
+            raise TypeError("the formatter's state is not a dict")
+        for key, ref in refs.items():
+            state[key] = _resolve(ref)
+        if type(style) is list:
+            char, fmt, defaults = style
+            kind: Any = logging._STYLES[char][0]  # noqa: SLF001
+            state[_STYLE_KEY] = kind(fmt, defaults=defaults) if defaults else kind(fmt)
+        elif style is not None:
+            state[_STYLE_KEY] = style
+        formatter.__dict__.update(state)
+        return formatter
+
+
+def make_renderer(spec: Any) -> logging.Formatter:
+    """The formatter a worker renders with for *spec*, as the listener's plan gives it."""
+    if type(spec) is tuple and len(spec) == 5 and spec[0] == "class":
+        return _Rebuilt.build(spec)
+    return Renderer(spec)

@@ -52,6 +52,9 @@ _ROTATING_SEAMS = (*_PLAIN_SEAMS, "shouldRollover", "doRollover", "rotation_file
 
 _ASCII_SUPERSETS = {"utf-8", "utf8", "ascii", "latin-1", "latin1", "iso-8859-1", "cp1252"}
 _STATE_SIZE = 64
+#: The most bytes one character can take in an ASCII superset, error handlers included
+#: (xmlcharrefreplace writes U+10FFFF as "&#1114111;").
+_WIDEST = 10
 Item = tuple[str, float]  # a formatted line with its terminator, and the record's creation time
 
 
@@ -372,6 +375,31 @@ class _Locked(UnlockedHandle):
         except Exception:
             self.losses.lose(1, "error", episode=False)
             self.handleError(record)  # type: ignore[attr-defined]
+
+    def write_rendered(self, lines: list[str], created: list[float]) -> None:
+        """Write *lines*, rendered elsewhere by an identical formatter (a listener's workers), as
+        ``emit()`` would write the records they came from, *created* their creation times (used by
+        the timed handler): queued with whatever waits, then written under the file lock, the
+        rotation decided line by line; if another process holds the lock, the flusher thread
+        writes them as soon as it is free (as ``emit()`` does for a line below ERROR), so the
+        listener never waits for another process."""
+        try:
+            with self.lock:
+                if self._pid != os.getpid():
+                    self._after_fork_in_child()
+                if self.stream is None and self.mode == "w" and self._closed:
+                    return  # as emit(): a closed 'w' handler drops the records (bpo-42378)
+                if not self._exit_hooked:
+                    self._hook_exit()
+                terminator = self.terminator
+                self._pending.extend((line + terminator, when) for line, when in zip(lines, created))
+            if not self._flush_pending(block=self._sync) and not self._woken:
+                self._wake_flusher()
+        except RecursionError:
+            raise
+        except Exception:
+            self.losses.lose(len(lines), "error", episode=False)
+            self.handleError(logging.makeLogRecord({"msg": f"a batch of {len(lines)} lines"}))  # type: ignore[attr-defined]
 
     def _before_emit(self, record: logging.LogRecord) -> None:
         """What the standard library's emit does before writing; the rotating handlers decide here."""
@@ -726,6 +754,9 @@ class LockedRotatingFileHandler(_Locked, _RotatingFileHandler):
     def _write_items(self, items: list[Item], size: int) -> None:
         if self.maxBytes <= 0 or self.backupCount <= 0 or not self._regular:
             self._write_text([text for text, _ in items])
+            return
+        if self._ascii_ok and size + _WIDEST * sum(len(text) for text, _ in items) < self.maxBytes:
+            self._write_text([text for text, _ in items])  # no line can reach maxBytes
             return
         chunk: list[str] = []
         for text, _ in items:
