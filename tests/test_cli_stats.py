@@ -6,7 +6,6 @@ import fcntl
 import json
 import logging
 import os
-import pty
 import re
 import select
 import signal
@@ -166,6 +165,7 @@ def test_live_view_redraws_on_a_terminal_until_ctrl_c(tmp_path):
             if steady.poll() is None:
                 os.killpg(steady.pid, signal.SIGKILL)
                 steady.wait()
+            steady.stdout.close()
             listener.stop()
             handler.close()
     screens = text.split("\x1b[H\x1b[J")[1:]
@@ -179,37 +179,43 @@ def test_live_view_redraws_on_a_terminal_until_ctrl_c(tmp_path):
     assert text.endswith("\x1b[?25h\r\n")  # the cursor is back, on a line of its own
 
 
+# Makes its stdin (a pty) its controlling terminal, so that Ctrl-C typed there reaches it, then runs
+# the command (a session leader of its own: start_new_session).
+CONTROLLING = """
+import fcntl, os, sys, termios
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
 def _live_view(address: str, env: dict[str, str]) -> str:
-    """Run `stats` on a pty of 40 x 120 until it has drawn 4 screens, press Ctrl-C; return its output."""
-    size = struct.pack("HHHH", 40, 120, 0, 0)
-    argv = [sys.executable, "-m", "logfunnel", "stats", address, "--interval", "0.2"]
+    """Run `stats` on a pty of 40 x 120 until it has drawn 4 screens, type Ctrl-C; return its output."""
     env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}
     env["TERM"] = "xterm"
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: a terminal of 40 lines of 120 columns, then the command
-        try:
-            fcntl.ioctl(1, termios.TIOCSWINSZ, size)
-            os.execve(argv[0], argv, env)
-        finally:
-            os._exit(127)
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    argv = ["-m", "logfunnel", "stats", address, "--interval", "0.2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CONTROLLING, *argv], stdin=slave, stdout=slave, stderr=slave, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
     output = b""
     try:
         deadline = time.monotonic() + 30
         while output.count(b"\x1b[H\x1b[J") < 4 or not output.endswith(b"Ctrl-C to stop"):
             assert time.monotonic() < deadline, f"did not hang: {output[-2000:]!r}"
-            output += _read(fd, deadline)
-        os.write(fd, b"\x03")  # Ctrl-C, through the terminal
-        while chunk := _read(fd, deadline + 10):
+            output += _read(master, deadline)
+        os.write(master, b"\x03")  # Ctrl-C, typed on the terminal
+        while chunk := _read(master, deadline + 10):
             output += chunk
-        _, status = os.waitpid(pid, 0)
+        status = proc.wait(timeout=10)
     finally:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(fd)
-    assert os.waitstatus_to_exitcode(status) == 0
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        os.close(master)
+    assert status == 0, output[-2000:]
     return output.decode()
 
 

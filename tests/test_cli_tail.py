@@ -188,6 +188,8 @@ def test_tail_that_fell_behind_says_how_many_it_missed(listener, monkeypatch):
         tail.kill()
     for reader in readers:
         reader.join(10)
+    tail.proc.stdout.close()
+    tail.proc.stderr.close()
     assert _missed(reports) > 0
     assert len(shown) + _missed(reports) == 16000
     assert listener.stats()["received"] == 16000

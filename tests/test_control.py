@@ -176,6 +176,7 @@ def test_connected_worker_beside_control_client_keeps_its_state(listener):
             if proc.poll() is None:
                 os.killpg(proc.pid, 9)
                 proc.wait()
+            proc.stdout.close()
 
 
 @pytest.mark.timeout(30)
@@ -243,6 +244,23 @@ def test_request_before_reading_the_answer_is_refused(listener, monkeypatch):
     _wait_rejected(listener, 1)
     assert listener._control_hub.clients == {}
     sock.close()
+
+
+@pytest.mark.timeout(30)
+def test_stats_asked_often_by_many_is_computed_once_per_interval(listener, monkeypatch):
+    """Many clients asking many times within one MIN_STATS_INTERVAL cost the listener one stats()."""
+    monkeypatch.setattr(_control, "MIN_STATS_INTERVAL", 3600.0)
+    calls = []
+    real = listener.stats
+    monkeypatch.setattr(listener, "stats", lambda: calls.append(1) or real())
+    controls = [Control(listener.queue) for _ in range(3)]
+    try:
+        answers = [control.stats() for _ in range(50) for control in controls]
+    finally:
+        for control in controls:
+            control.close()
+    assert len(calls) == 1
+    assert all(answer == answers[0] for answer in answers)
 
 
 @pytest.mark.timeout(30)

@@ -12,7 +12,9 @@ Requests (one MessagePack array a frame, at most ``MAX_REQUEST`` bytes) and answ
     ("tail", level, prefix)  -> ("tailing",), then ("records", dropped, [entry, ...]) as they come
     anything else            -> ("error", text), and the connection is closed
 
-A tail entry is the record's ``TAIL_FIELDS`` in that order, or, for a batch that carried only the
+A stats answer is computed and encoded at most once per ``MIN_STATS_INTERVAL`` and shared by every
+client that asks meanwhile, and a client must read an answer before it asks again: however many
+clients ask however often, stats cost the listener a bounded rate of work. A tail entry is the record's ``TAIL_FIELDS`` in that order, or, for a batch that carried only the
 lines its workers rendered, ``(levelno, line)``. A subscriber's entries wait in a buffer of at most
 ``TAIL_BUFFER_BYTES``; beyond, new entries are dropped and counted (``dropped`` in every frame), so a
 tail that never reads costs the listener that buffer and nothing else. Every write is non-blocking.
@@ -45,7 +47,7 @@ __all__ = [
 CONTROL_HELLO = ("control", 1)
 MAX_REQUEST = 4096  # bytes of one request frame: requests are a few dozen bytes
 MAX_CONTROL_CLIENTS = 16  # authenticated control connections at once; beyond, a newcomer is refused
-MIN_STATS_INTERVAL = 0.05  # seconds between two stats answers to one client (each costs O(processes))
+MIN_STATS_INTERVAL = 0.05  # seconds an encoded stats answer is reused for (each costs O(processes))
 TAIL_BUFFER_BYTES = 4 * 1024 * 1024  # what one subscriber may have waiting (an estimate per entry)
 _FRAME_BYTES = 256 * 1024  # about how much of a subscriber's buffer goes into one frame
 _ENTRY_OVERHEAD = 96  # bytes an entry costs besides its texts (the tuple, the numbers)
@@ -67,7 +69,7 @@ class ControlClient:
     """One authenticated control connection: what it waits to be sent, and its tail if it has one."""
 
     __slots__ = (
-        "answered_at", "buffered", "conn", "dropped", "entries", "level", "prefix", "reported",
+        "buffered", "conn", "dropped", "entries", "level", "prefix", "reported",
         "tailing", "unsent", "writing",
     )  # fmt: skip
 
@@ -75,7 +77,6 @@ class ControlClient:
         self.conn = conn
         self.unsent = b""  # the rest of a frame the client had no room for yet
         self.writing = False  # registered for EVENT_WRITE while unsent or entries wait
-        self.answered_at = -1e9
         self.tailing = False
         self.level = 0
         self.prefix = ""
@@ -106,6 +107,7 @@ class ControlHub:
         self.dirty: set[ControlClient] = set()
         self.ever_tailed = False  # once True, acks always say whether to send whole records
         self._psutil: Any = None
+        self._stats_cache: tuple[float, bytes] | None = None
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -137,12 +139,8 @@ class ControlHub:
         if client.unsent:
             raise ControlRefused("a request before the last answer was read: ask one at a time")
         if message == ("stats",):
-            now = time.monotonic()
-            if now - client.answered_at < MIN_STATS_INTERVAL:
-                self._send(client, ("error", f"stats asked again within {MIN_STATS_INTERVAL} s"))
-                return
-            client.answered_at = now
-            self._send(client, ("stats", self.stats()))
+            client.unsent = self._stats_frame()
+            self.dirty.add(client)
             return
         if (
             type(message) is tuple
@@ -165,6 +163,18 @@ class ControlHub:
         )
         self.write(client)  # once, without waiting: the connection is closed next
         raise ControlRefused(f"unknown control request {shown}")
+
+    def _stats_frame(self) -> bytes:
+        """The stats answer, encoded at most once per ``MIN_STATS_INTERVAL`` whoever asks: however
+        many clients ask however often, the listener computes stats at most that often."""
+        now = time.monotonic()
+        if self._stats_cache is None or now - self._stats_cache[0] >= MIN_STATS_INTERVAL:
+            try:
+                data = _wire.frame(_wire.encode(("stats", self.stats())))
+            except ValueError as exc:
+                data = _wire.frame(_wire.encode(("error", f"the stats could not be encoded: {exc}")))
+            self._stats_cache = (now, data)
+        return self._stats_cache[1]
 
     def stats(self) -> dict[str, Any]:
         """The listener's ``stats()`` with its process's pid, CPU seconds and resident memory."""
