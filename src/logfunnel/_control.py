@@ -14,19 +14,25 @@ Requests (one MessagePack array a frame, at most ``MAX_REQUEST`` bytes) and answ
 
 A stats answer is computed and encoded at most once per ``MIN_STATS_INTERVAL`` and shared by every
 client that asks meanwhile, and a client must read an answer before it asks again: however many
-clients ask however often, stats cost the listener a bounded rate of work. A tail entry is the record's ``TAIL_FIELDS`` in that order, or, for a batch that carried only the
-lines its workers rendered, ``(levelno, line)``. A subscriber's entries wait in a buffer of at most
-``TAIL_BUFFER_BYTES``; beyond, new entries are dropped and counted (``dropped`` in every frame), so a
-tail that never reads costs the listener that buffer and nothing else. Every write is non-blocking.
+clients ask however often, stats cost the listener a bounded rate of work.
+
+A tail entry is the record's ``TAIL_FIELDS`` in that order, or, for a batch that carried only the
+lines its workers rendered, ``(levelno, line)``; each is encoded once, whoever it goes to. A
+subscriber's encoded entries wait in a buffer of at most ``TAIL_BUFFER_BYTES``; beyond, new entries
+are dropped and counted (``dropped`` in every frame), so a tail that never reads costs the listener
+that buffer and nothing else. Every write is non-blocking.
 """
 
 from __future__ import annotations
 
+import operator
 import os
 import selectors
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from . import _wire
 
@@ -48,9 +54,8 @@ CONTROL_HELLO = ("control", 1)
 MAX_REQUEST = 4096  # bytes of one request frame: requests are a few dozen bytes
 MAX_CONTROL_CLIENTS = 16  # authenticated control connections at once; beyond, a newcomer is refused
 MIN_STATS_INTERVAL = 0.05  # seconds an encoded stats answer is reused for (each costs O(processes))
-TAIL_BUFFER_BYTES = 4 * 1024 * 1024  # what one subscriber may have waiting (an estimate per entry)
+TAIL_BUFFER_BYTES = 4 * 1024 * 1024  # the encoded entries one subscriber may have waiting
 _FRAME_BYTES = 256 * 1024  # about how much of a subscriber's buffer goes into one frame
-_ENTRY_OVERHEAD = 96  # bytes an entry costs besides its texts (the tuple, the numbers)
 _MAX_PREFIX = 1024
 
 #: The record attributes a tail entry carries, in order (a missing one travels as None).
@@ -80,20 +85,10 @@ class ControlClient:
         self.tailing = False
         self.level = 0
         self.prefix = ""
-        self.entries: deque[tuple[Any, ...]] = deque()
-        self.buffered = 0  # the estimated bytes of entries
+        self.entries: deque[bytes] = deque()  # encoded entries
+        self.buffered = 0  # their bytes
         self.dropped = 0  # entries refused because the buffer was full
         self.reported = 0  # the dropped count the client was last told
-
-    def wants(self, level: int, name: str | None) -> bool:
-        if level < self.level:
-            return False
-        prefix = self.prefix
-        if not prefix:
-            return True
-        if name is None:
-            return False  # a line without its record: no logger name to match
-        return name == prefix or (name.startswith(prefix) and name[len(prefix)] == ".")
 
 
 class ControlHub:
@@ -203,33 +198,44 @@ class ControlHub:
         self, levels: list[int], lines: list[list[str | None]], records: list[dict[str, Any]] | None
     ) -> None:
         """Offer a handled batch to every subscriber (filtered per subscriber, bounded per subscriber)."""
-        entries: list[tuple[Any, ...]] = []
-        names: list[str | None] = []
-        sizes: list[int] = []
-        if records is not None:
-            for state in records:
-                entry = tuple(state.get(field) for field in TAIL_FIELDS)
-                entries.append(entry)
-                names.append(state.get("name"))
-                sizes.append(_estimate(entry))
-        elif lines:
-            for level, line in zip(levels, lines[0]):
-                entries.append((level, line))
-                names.append(None)
-                sizes.append(_estimate(entries[-1]))
+        encoded = _entries(levels, lines, records)
+        names: list[Any] | None = None
+        low = min(levels)
         for client in self.tails:
-            kept = 0
-            for level, name, entry, size in zip(levels, names, entries, sizes):
-                if not client.wants(level, name) or (len(entry) == 2 and entry[1] is None):
-                    continue
-                if client.buffered + size > TAIL_BUFFER_BYTES:
-                    client.dropped += 1
-                    continue
-                client.entries.append(entry)
+            level, prefix = client.level, client.prefix
+            if prefix:
+                if names is None:
+                    names = (
+                        [None] * len(levels) if records is None else [state.get("name") for state in records]
+                    )
+                dotted = prefix + "."
+                chosen = [
+                    entry
+                    for entry, lvl, name in zip(encoded, levels, names)
+                    if lvl >= level and name is not None and (name == prefix or name.startswith(dotted))
+                ]
+            elif level > low:
+                chosen = [entry for entry, lvl in zip(encoded, levels) if lvl >= level]
+            else:
+                chosen = encoded
+            if b"" in chosen:
+                chosen = [entry for entry in chosen if entry]  # nothing to show for these
+            if not chosen and client.dropped == client.reported:
+                continue
+            size = sum(map(len, chosen))
+            if client.buffered + size <= TAIL_BUFFER_BYTES:
+                client.entries.extend(chosen)
                 client.buffered += size
-                kept += 1
-            if kept or client.dropped != client.reported:
-                self.dirty.add(client)
+            else:  # the buffer is full: keep what fits, count the rest as dropped
+                room = TAIL_BUFFER_BYTES - client.buffered
+                for entry in chosen:
+                    if len(entry) > room:
+                        client.dropped += 1
+                    else:
+                        client.entries.append(entry)
+                        room -= len(entry)
+                client.buffered = TAIL_BUFFER_BYTES - room
+            self.dirty.add(client)
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -279,27 +285,47 @@ class ControlHub:
     def _next_frame(client: ControlClient) -> bytes:
         if not client.tailing or (not client.entries and client.dropped == client.reported):
             return b""
-        chunk: list[tuple[Any, ...]] = []
+        chunk: list[bytes] = []
         size = 0
         entries = client.entries
-        while entries and size < _FRAME_BYTES:
+        while entries and size < _FRAME_BYTES and len(chunk) < 0xFFFF:
             entry = entries.popleft()
             chunk.append(entry)
-            size += _estimate(entry)
+            size += len(entry)
         client.buffered -= size
         client.reported = client.dropped
-        try:
-            return _wire.frame(_wire.encode(("records", client.dropped, chunk)))
-        except ValueError:  # a record the wire could not carry (it was decoded from it): never seen
-            return _wire.frame(_wire.encode(("records", client.dropped, [])))
+        # ("records", dropped, [entry, ...]) in MessagePack, around the entries already encoded.
+        head = _RECORDS_HEAD + _wire.encode(client.dropped) + b"\xdc" + len(chunk).to_bytes(2, "big")
+        return _wire.frame(head + b"".join(chunk))
 
 
-def _estimate(entry: tuple[Any, ...]) -> int:
-    size = _ENTRY_OVERHEAD
-    for value in entry:
-        if type(value) is str:
-            size += len(value)
-    return size
+_RECORDS_HEAD = b"\x93" + _wire.encode("records")
+_FIELDS = operator.itemgetter(*TAIL_FIELDS)
+_ENCODE = msgspec.msgpack.Encoder().encode
+
+
+def _entries(
+    levels: list[int], lines: list[list[str | None]], records: list[dict[str, Any]] | None
+) -> list[bytes]:
+    """Each record of a batch as an encoded tail entry (b"" when there is nothing to show)."""
+    if records is None:
+        column = lines[0] if lines else [None] * len(levels)
+        return [b"" if line is None else _wire.encode((level, line)) for level, line in zip(levels, column)]
+    try:
+        values = list(map(_FIELDS, records))
+    except KeyError:  # a record without some of them (from an older Python, or a foreign peer)
+        values = [tuple(state.get(field) for field in TAIL_FIELDS) for state in records]
+    try:
+        return list(map(_ENCODE, values))
+    except Exception:
+        return [_encode_one(value) for value in values]
+
+
+def _encode_one(value: tuple[Any, ...]) -> bytes:
+    try:
+        return _wire.encode(value)
+    except ValueError:  # it was decoded from the wire, so it encodes; but the listener never fails
+        return b""
 
 
 class ControlRefused(Exception):
