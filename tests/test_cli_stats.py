@@ -103,7 +103,8 @@ def test_json_gives_exact_figures_per_process(funnel):
     assert (stats["received"], stats["dropped"], stats["lost"]) == (800, 0, 0)
     assert stats["listener"]["pid"] == os.getpid()
     assert stats["listener"]["rss"] > 0
-    assert stats["listener"]["cpu_percent"] >= 0
+    assert stats["listener"]["cpu_percent"] >= 0 and stats["listener"]["thread_cpu_percent"] >= 0
+    assert stats["listener"]["cpu"] >= stats["listener"]["thread_cpu"] > 0
     assert all(p["rate"] == 0 for p in stats["processes"])  # nobody logged during the interval
 
 

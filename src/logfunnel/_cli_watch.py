@@ -190,16 +190,16 @@ def add_rates(current: dict[str, Any], previous: dict[str, Any] | None) -> dict[
     """*current* with ``rate`` (records per second) per process and the listener's ``cpu_percent``,
     measured since *previous* (None where there is nothing to measure from)."""
     listener = current.setdefault("listener", {})
-    listener["cpu_percent"] = None
+    listener["cpu_percent"] = listener["thread_cpu_percent"] = None
     before: dict[tuple[Any, Any], int] = {}
     elapsed = 0.0
     if previous is not None:
         then = previous.get("listener", {})
         elapsed = float(listener.get("at", 0.0)) - float(then.get("at", 0.0))
         if elapsed > 0:
-            listener["cpu_percent"] = (
-                100.0 * (float(listener.get("cpu", 0.0)) - float(then.get("cpu", 0.0))) / elapsed
-            )
+            for key in ("cpu", "thread_cpu"):
+                used = float(listener.get(key, 0.0)) - float(then.get(key, 0.0))
+                listener[f"{key}_percent"] = 100.0 * used / elapsed
         before = {_key(p): int(p.get("received", 0)) for p in previous.get("processes", [])}
     for process in current.get("processes", []):
         old = before.get(_key(process))
@@ -224,11 +224,13 @@ def render_table(stats: dict[str, Any], width: int | None = None, height: int | 
     listener = stats.get("listener", {})
     processes = list(stats.get("processes", []))
     connected = sum(1 for p in processes if p.get("state") == "connected")
-    cpu = listener.get("cpu_percent")
+    cpu, thread = listener.get("cpu_percent"), listener.get("thread_cpu_percent")
     cpu_text = f"{cpu:.1f} %" if isinstance(cpu, float) else "-"
+    thread_text = f"{thread:.1f} %" if isinstance(thread, float) else "-"
     lines = [
         f"logfunnel listener {listener.get('address') or ''}  pid {listener.get('pid')}  "
-        f"cpu {cpu_text} ({float(listener.get('cpu', 0.0)):.2f} s in all)  memory {_mb(listener.get('rss'))}",
+        f"cpu {cpu_text} (its thread {thread_text}; {float(listener.get('cpu', 0.0)):.2f} s in all)  "
+        f"memory {_mb(listener.get('rss'))}",
         f"processes {len(processes)} ({connected} connected)  received {_n(stats.get('received'))}  "
         f"dropped {_n(stats.get('dropped'))}  lost {_n(stats.get('lost'))}  "
         f"rejected {_n(stats.get('rejected'))}",

@@ -172,7 +172,8 @@ class ControlHub:
         return self._stats_cache[1]
 
     def stats(self) -> dict[str, Any]:
-        """The listener's ``stats()`` with its process's pid, CPU seconds and resident memory."""
+        """The listener's ``stats()`` with its process's pid, CPU seconds and resident memory, and the
+        CPU seconds of the listener's thread (this runs in it)."""
         figures = self.listener.stats()  # type: ignore[attr-defined]
         rss = None
         try:
@@ -185,7 +186,8 @@ class ControlHub:
             pass
         figures["listener"] = {
             "pid": os.getpid(),
-            "cpu": time.process_time(),
+            "cpu": time.process_time(),  # the whole process's (an application's too, in start_listener)
+            "thread_cpu": time.thread_time(),  # the listener thread's own: stats() runs in it
             "rss": rss,
             "at": time.monotonic(),
             "address": getattr(self.listener, "address", None),
