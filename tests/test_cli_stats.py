@@ -15,6 +15,7 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -157,7 +158,7 @@ def test_live_view_redraws_on_a_terminal_until_ctrl_c(tmp_path):
     )  # fmt: skip
     try:
         assert steady.stdout.readline() == "started\n"
-        text = _live_view(listener.address, env)
+        status, text = _live_view(listener.address, env)
     finally:
         steady.stdin.close()
         try:
@@ -169,6 +170,7 @@ def test_live_view_redraws_on_a_terminal_until_ctrl_c(tmp_path):
             steady.stdout.close()
             listener.stop()
             handler.close()
+    assert status == 0, text[-2000:]
     screens = text.split("\x1b[H\x1b[J")[1:]
     assert len(screens) >= 3
     row = re.compile(rf"^ +{steady.pid}  \S+ +connected +([\d,]+|-) +([\d,]+) +0 +0\r?$", re.M)
@@ -189,8 +191,11 @@ os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 """
 
 
-def _live_view(address: str, env: dict[str, str]) -> str:
-    """Run `stats` on a pty of 40 x 120 until it has drawn 4 screens, type Ctrl-C; return its output."""
+def _live_view(
+    address: str, env: dict[str, str], then: Callable[[int], None] | None = None
+) -> tuple[int, str]:
+    """Run `stats` on a pty of 40 x 120 until it has drawn 4 screens, then type Ctrl-C (or call
+    *then* with the pty's master end); return its exit status and its output."""
     env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}
     env["TERM"] = "xterm"
     master, slave = os.openpty()
@@ -207,7 +212,10 @@ def _live_view(address: str, env: dict[str, str]) -> str:
         while output.count(b"\x1b[H\x1b[J") < 4 or not output.endswith(b"Ctrl-C to stop"):
             assert time.monotonic() < deadline, f"did not hang: {output[-2000:]!r}"
             output += _read(master, deadline)
-        os.write(master, b"\x03")  # Ctrl-C, typed on the terminal
+        if then is None:
+            os.write(master, b"\x03")  # Ctrl-C, typed on the terminal
+        else:
+            then(master)
         while chunk := _read(master, deadline + 10):
             output += chunk
         status = proc.wait(timeout=10)
@@ -216,8 +224,23 @@ def _live_view(address: str, env: dict[str, str]) -> str:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         os.close(master)
-    assert status == 0, output[-2000:]
-    return output.decode()
+    return status, output.decode()
+
+
+@pytest.mark.timeout(60)
+def test_live_view_says_when_the_listener_goes_away(tmp_path):
+    """A listener that stops under the live view ends it with status 1 and one line saying so."""
+    handler = logging.FileHandler(tmp_path / "funnel.log")
+    listener = start_listener([handler])
+    env = _env(LOGFUNNEL_ADDRESS=listener.address, LOGFUNNEL_AUTHKEY=listener.queue.authkey.hex())
+    try:
+        status, text = _live_view(listener.address, env, then=lambda _: listener.stop())
+    finally:
+        listener.stop()
+        handler.close()
+    assert status == 1
+    last = text.split("\x1b[?25h")[-1].strip()
+    assert last == f"logfunnel stats: the listener at {listener.address} has gone away"
 
 
 def _read(fd: int, deadline: float) -> bytes:
