@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from . import _counts, _wire, worker
+from . import _control, _counts, _wire, worker
 from ._handling import banner, flush_banners
 from ._transport import CHALLENGE_SIZE, DIGEST_SIZE, GREETING, HANDSHAKE_TIMEOUT, answer
 
@@ -105,7 +105,7 @@ class _Process:
 
 
 class _Connection:
-    __slots__ = ("buffer", "challenge", "deadline", "frame_deadline", "process", "sock", "unsent")
+    __slots__ = ("buffer", "challenge", "control", "deadline", "frame_deadline", "process", "sock", "unsent")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -114,6 +114,7 @@ class _Connection:
         self.deadline = time.monotonic() + HANDSHAKE_TIMEOUT  # for the handshake
         self.frame_deadline: float | None = None  # for the frame begun in the buffer, once authenticated
         self.process: _Process | None = None
+        self.control: _control.ControlClient | None = None  # a `logfunnel stats`/`tail` client instead
         self.unsent = b""  # the tail of an acknowledgement the worker had no room for yet
 
 
@@ -140,6 +141,7 @@ class SocketServing:
     _emit_local: Callable[..., None]
     _accept_paused_until: float | None = None  # set while accept() is left alone after EMFILE
     _settle_until = 0.0  # until then, count files are looked for every _SETTLE_POLL (a vanished process)
+    _control_hub: _control.ControlHub | None = None  # the stats and tail clients (see _control)
 
     # -- the socket read loop ----------------------------------------------------------------------
 
@@ -154,6 +156,7 @@ class SocketServing:
         self._wake_r.setblocking(False)
         selector.register(self._server, selectors.EVENT_READ, None)
         selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        hub = self._control_hub = _control.ControlHub(self, selector)
         try:
             while not self._stopping:
                 timeout = 1.0
@@ -161,16 +164,22 @@ class SocketServing:
                     timeout = _SETTLE_POLL
                 if self._accept_paused_until is not None:
                     timeout = min(timeout, max(0.0, self._accept_paused_until - time.monotonic()))
-                for key, _ in selector.select(timeout=timeout):
+                for key, events in selector.select(timeout=timeout):
                     if key.data is None:
                         self._accept(selector, connections)
                     elif key.data == "wake":
                         self._drain_wake()
                     else:
-                        self._read(key.data, selector, connections)
+                        if events & selectors.EVENT_WRITE and key.data.control is not None:
+                            hub.write(key.data.control)  # room again for a stats or tail client
+                        if events & selectors.EVENT_READ:
+                            self._read(key.data, selector, connections)
+                if hub.dirty:
+                    hub.flush()
                 self._expire(selector, connections)
                 self._reconcile()
             self._drain(selector, connections)
+            hub.flush()  # the last records to the tails, as far as their sockets take them
             self._reconcile(force=True)
         except Exception as exc:  # the listener must never die silently
             banner(f"the log listener failed: {exc!r}")
@@ -216,7 +225,9 @@ class SocketServing:
     def _accept(self, selector: selectors.BaseSelector, connections: dict[int, _Connection]) -> None:
         assert self._server is not None
         # Connections that have not authenticated, oldest first (a dict keeps the order of accept).
-        pending = deque(conn for conn in connections.values() if conn.process is None)
+        pending = deque(
+            conn for conn in connections.values() if conn.process is None and conn.control is None
+        )
         for _ in range(_ACCEPTS_PER_TURN):
             try:
                 sock, _ = self._server.accept()
@@ -274,6 +285,8 @@ class SocketServing:
             assert self._server is not None
             selector.register(self._server, selectors.EVENT_READ, None)
         for conn in list(connections.values()):
+            if conn.control is not None:
+                continue  # an authenticated stats or tail client, which sends nothing mid-frame
             if conn.process is None:
                 if now > conn.deadline:
                     reason = f"no handshake within {HANDSHAKE_TIMEOUT} s"
@@ -311,7 +324,11 @@ class SocketServing:
         try:
             while len(buffer) - offset >= _wire.HEADER.size:
                 (size,) = _wire.HEADER.unpack_from(buffer, offset)
-                limit = self.max_frame if conn.process is not None else _HANDSHAKE_LIMIT
+                limit = (
+                    self.max_frame if conn.process is not None
+                    else _control.MAX_REQUEST if conn.control is not None
+                    else _HANDSHAKE_LIMIT
+                )  # fmt: skip
                 if size > limit:
                     raise ProtocolError(f"a frame of {size} bytes exceeds the limit of {limit} bytes")
                 end = offset + _wire.HEADER.size + size
@@ -319,11 +336,14 @@ class SocketServing:
                     break
                 payload = bytes(buffer[offset + _wire.HEADER.size : end])
                 offset = end
-                if conn.process is None:
+                if conn.control is not None:
+                    assert self._control_hub is not None
+                    self._control_hub.request(conn.control, payload)
+                elif conn.process is None:
                     self._authenticate(conn, payload)
                 else:
                     self._on_message(conn.process, payload)
-        except (ProtocolError, _wire.FrameError) as exc:
+        except (ProtocolError, _wire.FrameError, _control.ControlRefused) as exc:
             self._close(conn, selector, connections, reason=str(exc))
             return len(data)
         if offset:
@@ -377,6 +397,8 @@ class SocketServing:
         except (KeyError, ValueError):
             pass
         connections.pop(conn.sock.fileno(), None)
+        if conn.control is not None and self._control_hub is not None:
+            self._control_hub.forget(conn)
         conn.sock.close()
         if conn.process is not None and not shutting_down:
             self._connection_ended(conn.process, connections)
@@ -410,6 +432,9 @@ class SocketServing:
         if not hmac.compare_digest(payload[:DIGEST_SIZE], answer(self._authkey, conn.challenge)):
             raise ProtocolError("authentication failed: the peer does not know the auth key")
         hello = _wire.decode(payload[DIGEST_SIZE + CHALLENGE_SIZE :])
+        if _control.is_control_hello(hello):  # `logfunnel stats` or `tail`: never a process
+            self._admit_control(conn, payload)
+            return
         if not (
             type(hello) is tuple
             and len(hello) == 4
@@ -443,6 +468,17 @@ class SocketServing:
         process.state = "connected"
         conn.process = process
 
+    def _admit_control(self, conn: _Connection, payload: bytes) -> None:
+        assert self._control_hub is not None
+        try:
+            body = self._control_hub.admit(conn)
+        except _control.ControlRefused as exc:
+            raise ProtocolError(str(exc)) from None
+        digest = answer(self._authkey, payload[DIGEST_SIZE : DIGEST_SIZE + CHALLENGE_SIZE])
+        assert conn.control is not None
+        conn.control.unsent = _wire.frame(digest + body)
+        self._control_hub.dirty.add(conn.control)
+
     def _on_message(self, process: _Process, payload: bytes) -> None:
         # Decoding checks every field against the schema as it reads (linear time, bounded memory).
         message = _wire.decode_message(payload)
@@ -468,6 +504,9 @@ class SocketServing:
                     self._dispatch(levels, lines, records)  # type: ignore[arg-type]
                 except Exception as exc:  # a failing handler must not take the listener down
                     banner(f"handling a batch of {count} records failed: {exc!r}")
+                hub = self._control_hub
+                if hub is not None and hub.tails:
+                    hub.tap(levels, lines, records)  # type: ignore[arg-type]
             if (
                 process.dropped > process.warned_dropped
                 and time.monotonic() - process.warned_at > _WARN_INTERVAL

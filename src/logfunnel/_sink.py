@@ -367,9 +367,10 @@ class SocketSink:
                 and type(message[1]) is int
             ):
                 self._acked = max(self._acked, message[1])
-                if len(message) == 3 and type(message[2]) is bool and self._plan_full:
+                if len(message) == 3 and type(message[2]) is bool:
                     # The listener's lanes that need whole records are saturated (False), or have
-                    # room again (True): send lines alone meanwhile (Dispatcher.wants_records).
+                    # room again (True): send lines alone meanwhile (Dispatcher.wants_records);
+                    # or a `logfunnel tail` follows a listener whose handlers need only lines (True).
                     self._full = message[2]
         del acks[:offset]
 

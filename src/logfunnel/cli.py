@@ -1,4 +1,5 @@
-"""The ``logfunnel`` command: ``logfunnel demo`` shows the funnel at work on a simulated web shop.
+"""The ``logfunnel`` command: ``logfunnel demo`` shows the funnel at work on a simulated web shop;
+``logfunnel stats`` and ``logfunnel tail`` watch a running listener (``_cli_watch``).
 
 The demo starts a listener that owns one ``RotatingFileHandler``, runs a ``multiprocessing.Pool``
 whose workers serve simulated requests and log like a real service (``_demo/``), and then accounts
@@ -36,7 +37,8 @@ DESCRIPTION = """\
 logfunnel gathers the logging records of many processes (multiprocessing pools, executors,
 gunicorn or celery workers) into one listener that owns the real handlers, so that every record
 arrives once, whole, and is accounted for. Most of logfunnel is a library used from Python; this
-command runs a demonstration of it."""
+command runs a demonstration of it, runs a listener for a whole host (serve), and watches a running
+listener: its figures (stats) and the records it handles (tail)."""
 
 DEMO_DESCRIPTION = """\
 Run a pool of worker processes that serve simulated requests of a small web shop and log as a real
@@ -284,7 +286,63 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     from ._serve import add_serve_parser
 
     add_serve_parser(commands)
+    _add_watch_commands(commands)
     return parser, demo_parser
+
+
+STATS_DESCRIPTION = """\
+Show a running listener's figures: per process its pid, name, state (connected, exited or vanished),
+records per second, and how many records it had received, dropped (its buffer was full) and lost
+(they never arrived); per lane its backlog, failures and drops; and the listener's own CPU and
+memory. On a terminal the table is redrawn every --interval seconds until Ctrl-C; elsewhere, or with
+--once, one table is printed; --json prints one JSON document for programs. Rates and CPU are
+measured over one interval. Exit status 1 if the listener cannot be reached or refuses the key, 2 if
+no listener is named."""
+
+TAIL_DESCRIPTION = """\
+Follow the records a running listener handles, as they arrive, one formatted line each (tracebacks
+on the lines that follow), until Ctrl-C or until the listener stops. The listener filters them by
+--level and --logger before they are sent. If this command cannot keep up, the listener drops
+records for it rather than slow down, and this command says how many were not shown. Exit status
+1 if the listener cannot be reached or refuses the key, 2 if no listener is named or an option is
+wrong."""
+
+ADDRESS_HELP = (
+    "the listener: an address (unix:/path or tcp://host:port, with its auth key in LOGFUNNEL_AUTHKEY as hex) "
+    "or the state file of `logfunnel serve`; default: LOGFUNNEL_ADDRESS, then the state file of this "
+    "user's `logfunnel serve`"
+)
+
+
+def _add_watch_commands(commands: Any) -> None:
+    from ._cli_watch import TAIL_FORMAT
+
+    stats = commands.add_parser(
+        "stats", help="show a running listener's figures, live", description=STATS_DESCRIPTION
+    )
+    stats.add_argument("address", nargs="?", metavar="ADDRESS", help=ADDRESS_HELP)
+    stats.add_argument(
+        "--interval", type=float, default=1.0, metavar="S",
+        help="seconds between two readings (default 1; at least 0.1)",
+    )  # fmt: skip
+    stats.add_argument("--once", action="store_true", help="print one table and exit")
+    stats.add_argument("--json", action="store_true", help="print one JSON document and exit")
+    tail = commands.add_parser(
+        "tail", help="follow the records a running listener handles", description=TAIL_DESCRIPTION
+    )
+    tail.add_argument("address", nargs="?", metavar="ADDRESS", help=ADDRESS_HELP)
+    tail.add_argument(
+        "--level", default="NOTSET", metavar="LEVEL",
+        help="show records of this level and above: a name such as WARNING, or a number (default: all)",
+    )  # fmt: skip
+    tail.add_argument(
+        "--logger", default="", metavar="NAME",
+        help="show only the records of logger NAME and its children (NAME.*) (default: all loggers)",
+    )  # fmt: skip
+    tail.add_argument(
+        "--format", default=TAIL_FORMAT, metavar="FMT",
+        help=f"a logging format for each record (default: {TAIL_FORMAT.replace('%', '%%')})",
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -308,6 +366,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._serve import run_serve
 
         return run_serve(args)
+    if args.command in ("stats", "tail"):
+        if args.command == "stats" and not (args.interval >= 0.1 and math.isfinite(args.interval)):
+            parser.error(f"--interval must be a number of seconds from 0.1 up, got {args.interval:g}")
+        from ._cli_watch import run
+
+        return run(args.command, args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

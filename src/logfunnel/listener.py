@@ -273,6 +273,14 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
     # -- dispatch (the Dispatcher decides where each record goes: see _dispatch) ------------------
 
     def _records_wanted(self) -> bool | None:
+        hub = self._control_hub
+        if hub is not None and hub.ever_tailed:
+            # `logfunnel tail` shows whole records: while one follows, workers send them even when
+            # the handlers need only lines (afterwards, as the plan and the lanes say).
+            if hub.tails:
+                return True
+            if not self._plan.get("full"):
+                return False
         if not self._plan.get("full"):
             return None
         return self._dispatcher.wants_records()
@@ -303,6 +311,9 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         root level is the lowest level any handler (and the listener) would take.
         """
         plan = dict(self._plan)
+        hub = self._control_hub
+        if hub is not None and hub.tails:
+            plan["full"] = True  # whole records from the first batch, for `logfunnel tail`
         if self.handlers:
             floor = min(h.level for h in self.handlers) if self.respect_handler_level else logging.NOTSET
             plan["levels"] = {"": max(self.level, floor)}
