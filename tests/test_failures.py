@@ -94,7 +94,7 @@ def test_stalled_listener_with_drop_policy_bounds_memory_and_counts_every_drop()
     handler = _BlockingHandler(delay=5.0)
     results = FORK.Queue()
     with logfunnel.start_listener(handlers=[handler]) as listener:
-        workers = [FORK.Process(target=_flood, args=(listener.queue, 200_000, results)) for _ in range(2)]
+        workers = [FORK.Process(target=_flood, args=(listener.queue, 100_000, results)) for _ in range(2)]
         for p in workers:
             p.start()
         reports = [results.get(timeout=50) for _ in workers]
