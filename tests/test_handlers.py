@@ -90,12 +90,12 @@ def _timed_backups(directory: Path, base: str = "app.log") -> list[tuple[int, Pa
 
 # --- size rotation under contention -----------------------------------------------------------------
 
-ROTATE_WRITERS, ROTATE_LINES, ROTATE_MAX = 8, 20_000, 64 * KIB
+ROTATE_WRITERS, ROTATE_LINES, ROTATE_MAX = 8, 10_000, 64 * KIB
 
 
 @pytest.mark.timeout(120)
 def test_concurrent_size_rotation_loses_duplicates_or_tears_no_line(tmp_path):
-    """8 processes x 20,000 lines through 64 KiB rotation: each line once, whole, in order; sizes bounded."""
+    """8 processes x 10,000 lines through 64 KiB rotation: each line once, whole, in order; sizes bounded."""
     path = tmp_path / "app.log"
     kwargs = {"maxBytes": ROTATE_MAX, "backupCount": 1_000}
     writers = _writers(ROTATE_WRITERS)

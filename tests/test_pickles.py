@@ -129,7 +129,7 @@ def test_random_bytes_raise_only_pickle_refused(data: bytes) -> None:
         pass
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(value=_values(with_bytes=True), protocol=st.integers(3, 5), data=st.data())
 def test_mutated_pickles_raise_only_pickle_refused(value: Any, protocol: int, data: st.DataObject) -> None:
     """A valid pickle with one byte changed or cut short decodes or raises PickleRefused, nothing else."""

@@ -108,7 +108,7 @@ def _nested(depth: int) -> list[Any]:
 # -- encode / decode ----------------------------------------------------------------------------------
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(plain_values)
 def test_plain_values_round_trip_unchanged(value: Any) -> None:
     """encode then decode gives back an equal value of the same shape (arrays as lists, a top-level
@@ -634,7 +634,7 @@ def records(draw: st.DrawFn) -> list[logging.LogRecord]:
     return made
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     formatter=formatters(),
     batch=records(),
