@@ -30,7 +30,7 @@ from . import worker
 from ._checks import check_level
 from ._handling import banner
 from ._lanes import Lane, Retry, inline, is_lane
-from .listener import LogListener
+from .listener import LogListener, tree_levels
 from .worker import EXIT_TIMEOUT, FunnelHandler, OnFull
 
 __all__ = [
@@ -250,17 +250,8 @@ class FunnelListener(LogListener):
         # at the root the highest of the root's level, this listener's and its handlers' floor.
         self.check_owned()
         plan = super()._welcome_plan()
-        root = logging.getLogger()
-        levels = {"": max(plan["levels"][""], root.level)}
-        disabled = []
-        for name, logger in list(root.manager.loggerDict.items()):
-            if isinstance(logger, logging.Logger):
-                if logger.level != logging.NOTSET:
-                    levels[name] = max(self.level, logger.level)
-                if logger.disabled:
-                    disabled.append(name)
-        plan["levels"] = levels
-        plan["disabled"] = disabled
+        root_level = max(plan["levels"][""], logging.getLogger().level)
+        plan["levels"], plan["disabled"] = tree_levels(self.level, root_level)
         return plan
 
 

@@ -75,6 +75,20 @@ def _stop_running() -> None:
 atexit.register(_stop_running)
 
 
+def tree_levels(level: int, root_level: int) -> tuple[dict[str, int], list[str]]:
+    """What workers are told of this process's logger tree: *root_level* for the root, the level of
+    every logger that sets one (at least *level*), and the names of the disabled loggers."""
+    levels = {"": root_level}
+    disabled = []
+    for name, logger in list(logging.getLogger().manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger):
+            if logger.level != logging.NOTSET:
+                levels[name] = max(level, logger.level)
+            if logger.disabled:
+                disabled.append(name)
+    return levels, disabled
+
+
 class LogListener(SocketServing, logging.handlers.QueueListener):
     """Receive the records of many processes and hand them to *handlers* in this process.
 
@@ -319,17 +333,7 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
             plan["levels"] = {"": max(self.level, floor)}
             plan["disabled"] = []
             return plan
-        root = logging.getLogger()
-        levels = {"": max(self.level, root.level)}
-        disabled = []
-        for name, logger in list(root.manager.loggerDict.items()):
-            if isinstance(logger, logging.Logger):
-                if logger.level != logging.NOTSET:
-                    levels[name] = max(self.level, logger.level)
-                if logger.disabled:
-                    disabled.append(name)
-        plan["levels"] = levels
-        plan["disabled"] = disabled
+        plan["levels"], plan["disabled"] = tree_levels(self.level, max(self.level, logging.getLogger().level))
         return plan
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
