@@ -276,12 +276,14 @@ def test_peer_table_is_bounded_and_folds_the_oldest() -> None:
     """With max_peers=5, thirty UDP sources leave five listed and the rest folded into the totals."""
     with logfunnel.start_receiver([Collect()], udp="127.0.0.1:0", max_peers=5) as receiver:
         assert receiver.udp_address is not None
-        for _ in range(30):
-            handler = logging.handlers.DatagramHandler(*receiver.udp_address)  # a new source port each
+        # All open at once, so that each has a source port of its own (a closed one's may be reused).
+        handlers = [logging.handlers.DatagramHandler(*receiver.udp_address) for _ in range(30)]
+        for handler in handlers:
             handler.handle(make("u", logging.INFO))
-            handler.close()
         wait_for(lambda: receiver.stats()["received"] == 30)
         stats = receiver.stats()
+        for handler in handlers:
+            handler.close()
     assert len(stats["peers"]) == 5
     assert stats["peers_folded"] == 25
 
