@@ -376,6 +376,16 @@ def write_json(path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
+def save_figure(fig, path) -> None:
+    """Lay out *fig*, write it to *path* (making its folder) and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_summary(path, summary: dict, title: str) -> bool:
     """Bar chart: records/s per variant, and p50/p99 call latency."""
     try:
@@ -412,8 +422,5 @@ def plot_summary(path, summary: dict, title: str) -> bool:
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", labelrotation=15)
     fig.suptitle(title)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True

@@ -448,10 +448,7 @@ def plot(path, results: dict, configs: list[str], args) -> bool:
     ax.set_ylabel("records / s (median run)")
     ax.set_title(f"{args.workers} workers x {args.records:,} records, {os.cpu_count()} CPUs")
     ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    C.save_figure(fig, path)
     return True
 
 

@@ -204,10 +204,7 @@ def plot(path, results: dict, args) -> bool:
     ax1.set_title(f"{args.total:,} records in all")
     ax2.set_ylabel("parent CPU us per record")
     ax2.set_title("Listener cost")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    C.save_figure(fig, path)
     return True
 
 
