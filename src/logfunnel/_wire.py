@@ -40,6 +40,8 @@ from typing import Annotated, Any, Union
 import msgspec
 from msgspec.msgpack import Ext
 
+from ._jsonfast import fast_json
+
 __all__ = [
     "ACK",
     "BATCH",
@@ -667,5 +669,5 @@ class _Rebuilt:
 def make_renderer(spec: Any) -> logging.Formatter:
     """The formatter a worker renders with for *spec*, as the listener's plan gives it."""
     if type(spec) is tuple and len(spec) == 5 and spec[0] == "class":
-        return _Rebuilt.build(spec)
+        return fast_json(_Rebuilt.build(spec))
     return Renderer(spec)
