@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from logfunnel._dispatch import Dispatcher
-from logfunnel._wire import make_renderer
+from logfunnel._render import make_renderer
 from logfunnel.handlers import (
     LockedFileHandler,
     LockedRotatingFileHandler,

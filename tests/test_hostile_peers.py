@@ -22,7 +22,7 @@ import logfunnel._serving
 import logfunnel.listener
 from _funnel import FileFunnel
 from _workers import closed_by_listener
-from logfunnel import _transport, _wire
+from logfunnel import _render, _transport, _wire
 
 pytestmark = pytest.mark.timeout(30)  # every test here starts a listener thread
 
@@ -66,7 +66,7 @@ class GoodWorker:
     def __init__(self, handle: _transport.QueueHandle, name: str) -> None:
         self.name = name
         self.sock, self.plan = _transport.connect(handle, (os.getpid(), name, os.urandom(8), os.getppid()))
-        self.renderers = [_wire.Renderer(spec) for spec in self.plan["formats"]]
+        self.renderers = [_render.Renderer(spec) for spec in self.plan["formats"]]
         self.sent = 0
 
     def send(self, count: int) -> None:

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from _need import need_module
-from logfunnel import _jsonfast, _wire
+from logfunnel import _jsonfast, _render
 
 pjson = need_module("pythonjsonlogger.json")
 
@@ -30,9 +30,9 @@ class Colour(enum.Enum):
 
 def rebuilt(formatter: logging.Formatter) -> logging.Formatter:
     """The renderer a worker makes for *formatter*, from the spec the listener sends."""
-    spec = _wire.class_spec(formatter)
+    spec = _render.class_spec(formatter)
     assert spec is not None, "the formatter should travel as a class spec"
-    return _wire.make_renderer(spec)
+    return _render.make_renderer(spec)
 
 
 def record(msg: object = "hello %s", args: tuple = ("world",), **extra: object) -> logging.LogRecord:

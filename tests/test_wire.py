@@ -1,6 +1,6 @@
-"""Unit tests for ``logfunnel._wire``: plain values as MessagePack, the decoder that refuses pickles and
-anything but plain values, formatter specs and the worker-side ``Renderer`` that must reproduce
-``logging.Formatter`` byte for byte."""
+"""Unit tests for ``logfunnel._wire`` and ``logfunnel._render``: plain values as MessagePack, the
+decoder that refuses pickles and anything but plain values, formatter specs and the worker-side
+``Renderer`` that must reproduce ``logging.Formatter`` byte for byte."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from logfunnel import _wire
-from logfunnel._wire import FrameError, Renderer, decode, encode, formatter_spec
+from logfunnel._render import Renderer, formatter_spec
+from logfunnel._wire import FrameError, decode, encode
 
 # -- strategies -------------------------------------------------------------------------------------
 

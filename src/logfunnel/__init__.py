@@ -43,9 +43,9 @@ if TYPE_CHECKING:
     from ._lanes import inline as inline
     from ._receiver import LogReceiver as LogReceiver
     from ._receiver import start_receiver as start_receiver
+    from ._render import render_in_workers as render_in_workers
     from ._serve import join_host_funnel as join_host_funnel
     from ._transport import QueueHandle as QueueHandle
-    from ._wire import render_in_workers as render_in_workers
     from .listener import LogListener as LogListener
     from .listener import start_listener as start_listener
     from .manager import LogManager as LogManager
@@ -70,7 +70,7 @@ _LAZY = {
     "inline": "._lanes",
     "install_worker_logging": ".worker",
     "join_host_funnel": "._serve",
-    "render_in_workers": "._wire",
+    "render_in_workers": "._render",
     "start_listener": ".listener",
     "start_receiver": "._receiver",
     "uninstall_worker_logging": ".worker",

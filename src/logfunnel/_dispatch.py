@@ -4,7 +4,7 @@ A listener owns one. Told the handlers once (or None: records go through this pr
 configuration), it decides what the workers render, then for every batch:
 
 * a file or stream handler whose formatter the workers can render (a plain ``Formatter``, a JSON one,
-  one declared with ``render_in_workers``; see ``_wire.render_spec``) and whose class keeps the
+  one declared with ``render_in_workers``; see ``_render.render_spec``) and whose class keeps the
   emitting seams (``StreamHandler``, ``FileHandler``, ``WatchedFileHandler``, the rotating and timed
   ones, logfunnel's ``Locked*``; see ``_writers``) gets the lines the workers rendered, written
   batch by batch, rotation decided line by line, on the listener's thread;
@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _wire, _writers
+from . import _render, _writers
 from ._handling import banner
 from ._lanes import Lane, is_lane, wants_inline
 from ._routing import LOGGER, RoutePlan
@@ -39,7 +39,7 @@ __all__ = ["Dispatcher"]
 
 #: A format every worker renders when a handler needs each record's creation time (a timed
 #: ``Locked*`` handler): ``repr`` of a float, which ``float()`` turns back into the same float.
-_CREATED_SPEC: _wire.Spec = ("%(created)r", None, "%", None, "%Y-%m-%d %H:%M:%S", "%s,%03d", "local")
+_CREATED_SPEC: _render.Spec = ("%(created)r", None, "%", None, "%Y-%m-%d %H:%M:%S", "%s,%03d", "local")
 _EARLIEST, _LATEST = 0.0, 2.0**40  # creation times a worker may claim (beyond: the time now)
 
 
@@ -71,10 +71,10 @@ class _Prerendered:
             line = columns[self.index][position]
             if line is not None:
                 return line  # type: ignore[no-any-return]
-        return (self.original or _wire.DEFAULT_FORMATTER).format(record)
+        return (self.original or _render.DEFAULT_FORMATTER).format(record)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.original or _wire.DEFAULT_FORMATTER, name)
+        return getattr(self.original or _render.DEFAULT_FORMATTER, name)
 
 
 _Route = tuple[logging.Handler, logging.Handler]  # a handler given, and what to call: itself or its lane
@@ -143,9 +143,9 @@ class Dispatcher:
         """Decide, once, what workers render and which handler runs where; return the plan."""
         if self.routed and self._prerender:
             return self._start_routed()
-        specs: list[_wire.AnySpec] = []
+        specs: list[_render.AnySpec] = []
         for handler in self.handlers:
-            spec = _wire.render_spec(handler.formatter) if self._prerender else None
+            spec = _render.render_spec(handler.formatter) if self._prerender else None
             index = -1
             if spec is not None:
                 if spec not in specs:

@@ -1,6 +1,6 @@
 """python-json-logger's ``JsonFormatter``, rendered in a worker in half the time, byte for byte.
 
-A worker rebuilds a user's ``pythonjsonlogger.json.JsonFormatter`` from its state (``_wire.class_spec``)
+A worker rebuilds a user's ``pythonjsonlogger.json.JsonFormatter`` from its state (``_render.class_spec``)
 and could run its ``format`` as it is: 10-13 us a record, three times a plain line, and on this
 machine the JSON configuration then ran at 58 % of the plain file's rate (issue 12 asks for 75 %).
 Most of that time is bookkeeping the result does not depend on: ``json.dumps`` builds a new encoder

@@ -2,7 +2,7 @@
 
 A listener without handlers of its own routes each record through this process's logger tree, as
 ``Logger.handle`` would. When the handlers in that tree can take lines (a formatter the workers can
-render, a class with a batch writer, no filter: see ``_wire.render_spec`` and ``_writers``), the
+render, a class with a batch writer, no filter: see ``_render.render_spec`` and ``_writers``), the
 plan asks the workers for those lines and for each record's logger name, and a batch is routed by
 name alone: for each name, once, the handlers ``Logger.handle`` would reach (its logger's level is
 checked per record, live, and each handler's level), then each handler gets its lines in one write.
@@ -28,14 +28,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _wire, _writers
+from . import _render, _writers
 
 __all__ = ["HANDLERS", "LOGGER", "NAME_SPEC", "RoutePlan"]
 
 _EVERY = 0.1  # seconds between looks at the whole tree (for wants_records)
 
 #: The format that renders each record's logger name (the key of its route).
-NAME_SPEC: _wire.Spec = ("%(name)s", None, "%", None, "%Y-%m-%d %H:%M:%S", "%s,%03d", "local")
+NAME_SPEC: _render.Spec = ("%(name)s", None, "%", None, "%Y-%m-%d %H:%M:%S", "%s,%03d", "local")
 
 Target = tuple[logging.Handler, int, _writers.Writer]
 #: A name's logger, the handlers that take lines, and what needs the record: None (nothing), HANDLERS
@@ -60,7 +60,7 @@ class RoutePlan:
     def __init__(self, find_logger: Callable[[str], logging.Logger]) -> None:
         self.find_logger = find_logger
         self.manager = find_logger("").manager
-        self.specs: list[_wire.AnySpec] = []
+        self.specs: list[_render.AnySpec] = []
         self.fast: dict[int, tuple[logging.Handler, Any, int, _writers.Writer]] = {}  # id -> (h, fmt, i, w)
         self.names = -1
         self.created = -1
@@ -70,13 +70,13 @@ class RoutePlan:
         self.all_fast = False
         self._next_full = 0.0
 
-    def start(self, created_spec: _wire.Spec) -> list[_wire.AnySpec]:
+    def start(self, created_spec: _render.Spec) -> list[_render.AnySpec]:
         """Plan the formats from the tree as it is now; return them (the plan's ``formats``)."""
         for logger in _loggers(self.manager):
             for handler in logger.handlers:
                 if id(handler) in self.fast:
                     continue
-                spec = _wire.render_spec(handler.formatter)
+                spec = _render.render_spec(handler.formatter)
                 writer = _writers.writer_for(handler) if spec is not None else None
                 if spec is None or writer is None:
                     continue

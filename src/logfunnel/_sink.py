@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _counts, _wire
+from . import _counts, _render, _wire
 from ._handling import banner
 from ._transport import HANDSHAKE_TIMEOUT, QueueHandle, connect
 
@@ -613,7 +613,7 @@ def _renderer(spec: Any) -> logging.Formatter | None:
     """The formatter that renders the lines of *spec* here, or None (with a banner) if this process
     cannot rebuild it: a class it cannot import, or one it does not take as safe to render here."""
     try:
-        return _wire.make_renderer(spec)
+        return _render.make_renderer(spec)
     except Exception as exc:
         banner(
             f"cannot render the log listener's format {spec[1] if type(spec) is tuple else spec!r} in "

@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from .. import _wire
+from .. import _render
 from .._exit import at_exit
 from .._handling import UnlockedHandle, banner
 from ._compress import Compressor
@@ -198,7 +198,7 @@ class _Locked(UnlockedHandle):
                     f"{exc.strerror}; give lock_file= a path this process may create and write",
                 ) from exc
         self._compressor = self._make_compressor() if compress else None
-        self._renderer: tuple[Any, _wire.Renderer | None] = (object(), None)
+        self._renderer: tuple[Any, _render.Renderer | None] = (object(), None)
         # A subclass that overrides one of the standard library's seams gets the standard library's
         # emit: one record at a time, each seam called where the standard library calls it, under
         # the file lock. Others get the batched path, which decides rotation itself, line by line.
@@ -412,8 +412,8 @@ class _Locked(UnlockedHandle):
         # A plain Formatter is rendered by an identical one that caches the time text per second.
         formatter = self.formatter
         if formatter is not self._renderer[0]:
-            spec = _wire.formatter_spec(formatter)
-            self._renderer = (formatter, _wire.Renderer(spec) if spec is not None else None)
+            spec = _render.formatter_spec(formatter)
+            self._renderer = (formatter, _render.Renderer(spec) if spec is not None else None)
         renderer = self._renderer[1]
         if renderer is None:
             return self.format(record)  # type: ignore[attr-defined, no-any-return]
