@@ -1,9 +1,9 @@
 """A worker process's side of the transport: its buffer, its sender thread and its connection.
 
-The caller appends to a bounded buffer without a lock; a sender thread of the process renders the
-lines the listener asked for, pickles what has gathered as one batch, ships it over the process's own
+The caller appends to a bounded buffer without a lock; a sender thread of the process takes what has
+gathered as one batch, has it rendered and encoded (``_frames``), ships it over the process's own
 connection, and reads the listener's acknowledgements. Everything here is rebuilt in a fork child.
-``QueueSink`` is the plain alternative for people who hand in a ``multiprocessing`` queue.
+``_queue_sink.QueueSink`` is the plain alternative for people who hand in a ``multiprocessing`` queue.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import collections
 import logging
 import multiprocessing
 import os
-import pickle
-import queue as queue_module
 import socket
 import threading
 import time
@@ -21,11 +19,11 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _counts, _render, _wire
+from . import _counts, _frames, _wire
 from ._handling import banner
 from ._transport import HANDSHAKE_TIMEOUT, QueueHandle, connect
 
-__all__ = ["QueueSink", "SocketSink", "sinks"]
+__all__ = ["SocketSink", "sinks"]
 
 _BATCH_BYTES = 4 * 1024 * 1024
 _RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
@@ -318,7 +316,7 @@ class SocketSink:
             frames = self._encode(batch, first, stamped, dropped)
         except Exception as exc:  # the sender thread must survive anything a record holds
             banner(f"{len(batch)} log records could not be encoded; sending placeholders: {exc!r}")
-            frames = self._encode([_placeholder(r, exc) for r in batch], first, stamped, dropped)
+            frames = self._encode([_frames.placeholder(r, exc) for r in batch], first, stamped, dropped)
         self._read_acks()
         self._sent = first + len(batch) - 1
         failed: Exception | str | None = None
@@ -378,7 +376,7 @@ class SocketSink:
         hello = (os.getpid(), multiprocessing.current_process().name, self._incarnation, os.getppid())
         try:
             sock, plan = connect(self.handle, hello, timeout or HANDSHAKE_TIMEOUT)
-            self._renderers = [_renderer(spec) for spec in plan["formats"]]
+            self._renderers = [_frames.renderer(spec) for spec in plan["formats"]]
             self._full = self._plan_full = bool(plan["full"])
         except Exception as exc:
             if timeout is not None and isinstance(exc, TimeoutError):
@@ -427,300 +425,17 @@ class SocketSink:
         self._sock = None
 
     def _encode(self, batch: list[logging.LogRecord], first: int, stamped: int, dropped: int) -> list[bytes]:
-        """Encode *batch* as frames of at most ``MAX_FRAME`` bytes.
-
-        Bounded work whatever a record holds (issue 8: a 70 MB extra recursed until the OOM killer
-        came): each string longer than ``MAX_TEXT`` is cut once, with a marker, and its record counted
-        in ``truncated``; the batch is encoded once, and only if it is too large for one frame each
-        record once more, to group them; a record too large alone is cut down further, once.
-        """
-        cut: set[int] = set()
-        for index, record in enumerate(batch):
-            _cut_record(record, index, cut)
-        lines = [self._render(renderer, batch) for renderer in self._renderers]
-        for chunk in lines:  # a format can name an extra: its line is as long as the extra
-            for index, line in enumerate(chunk):
-                if line is not None and len(line) > _LINE_LIMIT:
-                    chunk[index] = _cut_text(line, _LINE_LIMIT)
-                    cut.add(index)
-        levels = [_level(record.levelno) for record in batch]
-        records = None
-        nested: list[tuple[int, str]] = []
-        if self._full:
-            records = [_state(record) for record in batch]
-            for index, state in enumerate(records):
-                state["levelno"] = levels[index]
-                _plain_state(state, index, nested, cut)
+        """Encode *batch* as frames of at most ``MAX_FRAME`` bytes (see ``_frames``), counting in
+        ``truncated`` the records cut down to fit."""
+        outgoing = _frames.OutgoingBatch(batch, self._renderers, self._full, self._handler)
+        cut = outgoing.cut
         if cut:
             self._truncated += len(cut)
             banner(
                 f"{len(cut)} log records held a text longer than {_wire.MAX_TEXT} characters, which exceeds "
                 "the frame limit; the text was truncated (counted in the listener's stats as 'truncated')"
             )
-        payload = self._pack(first, stamped, dropped, levels, lines, records, nested)
-        limit = _wire.MAX_FRAME - _wire.HEADER.size
-        if len(payload) <= limit and _nested_size(records, nested) <= _wire.MAX_NESTED:
-            return [_wire.frame(payload)]
-        # Too large for one frame: measure each record alone, group them, encode each group.
-        count = len(batch)
-        sizes = []
-        for index in range(count):
-            part = self._part(index, index + 1, first, stamped, dropped, levels, lines, records, nested)
-            sizes.append((len(part[0]), part[1]))
-        frames = []
-        start = 0
-        while start < count:
-            end, size, nested_size = start, 0, 0
-            while end < count and (
-                end == start
-                or (size + sizes[end][0] + 64 <= limit and nested_size + sizes[end][1] <= _wire.MAX_NESTED)
-            ):
-                size += sizes[end][0] + 64
-                nested_size += sizes[end][1]
-                end += 1
-            payload, nested_size = self._part(
-                start, end, first, stamped, dropped, levels, lines, records, nested
-            )
-            if len(payload) > limit or nested_size > _wire.MAX_NESTED:  # one record, too large alone
-                payload = self._shrunk(start, first, stamped, dropped, levels, lines, records)
-            frames.append(_wire.frame(payload))
-            start = end
-        return frames
-
-    def _pack(
-        self,
-        first: int,
-        stamped: int,
-        dropped: int,
-        levels: list[int],
-        lines: list[list[str | None]],
-        records: list[dict[str, Any]] | None,
-        nested: list[tuple[int, str]],
-    ) -> bytes:
-        escaped = plain = False
-        while True:
-            message = (
-                _wire.BATCH, first, stamped, dropped, self._lost, levels, lines, records,
-                self._truncated, nested, escaped,
-            )  # fmt: skip
-            try:
-                return _wire.pack(message)
-            except UnicodeEncodeError:  # lone surrogates (surrogateescape'd bytes): carried exactly
-                if escaped:
-                    raise
-                escaped = True
-                lines = [[_escape_str(line) for line in chunk] for chunk in lines]
-                for state in records or ():
-                    for key, value in state.items():
-                        if type(value) is str:
-                            state[key] = _escape_str(value)
-            except (OverflowError, TypeError):  # an int outside 64 bits, a subclass of str...: its repr
-                if plain:
-                    raise
-                plain = True
-                for state in records or ():
-                    _plain_state(state, -1, None, None, strict=True)
-
-    def _part(
-        self,
-        start: int,
-        end: int,
-        first: int,
-        stamped: int,
-        dropped: int,
-        levels: list[int],
-        lines: list[list[str | None]],
-        records: list[dict[str, Any]] | None,
-        nested: list[tuple[int, str]],
-    ) -> tuple[bytes, int]:
-        """The frame payload for records start..end of a batch, and its bytes of nested values."""
-        part_records = None if records is None else records[start:end]
-        part_nested = [(index - start, key) for index, key in nested if start <= index < end]
-        payload = self._pack(
-            first + start,
-            stamped,
-            dropped,
-            levels[start:end],
-            [chunk[start:end] for chunk in lines],
-            part_records,
-            part_nested,
-        )
-        return payload, _nested_size(part_records, part_nested)
-
-    def _shrunk(
-        self,
-        index: int,
-        first: int,
-        stamped: int,
-        dropped: int,
-        levels: list[int],
-        lines: list[list[str | None]],
-        records: list[dict[str, Any]] | None,
-    ) -> bytes:
-        """One record that is too large even alone, cut down to fit (strings to 1/16 of ``MAX_TEXT``,
-        nested values to their cut text); a placeholder if even that does not fit."""
-        short = _wire.MAX_TEXT // 16
-        part_lines = [
-            [None if line is None else _cut_text(line, short) for line in chunk[index : index + 1]]
-            for chunk in lines
-        ]
-        part_records = None
-        if records is not None:
-            state = dict(records[index])
-            for key, value in state.items():
-                if type(value) is str:
-                    state[key] = _cut_text(value, short)
-                elif type(value) is _wire.Ext:
-                    state[key] = _cut_text(bytes(value.data).decode("utf-8", "replace"), short)
-            part_records = [state]
-        payload = self._pack(
-            first + index, stamped, dropped, levels[index : index + 1], part_lines, part_records, []
-        )
-        if len(payload) + _wire.HEADER.size <= _wire.MAX_FRAME:
-            return payload
-        banner("a log record too large to send even cut down was replaced by a placeholder")
-        text = "[logfunnel: a record too large to send was replaced by this placeholder]"
-        state = {"name": "logfunnel", "levelno": levels[index], "msg": text, "message": text}
-        return self._pack(
-            first + index,
-            stamped,
-            dropped,
-            levels[index : index + 1],
-            [[text] for _ in lines],
-            None if records is None else [state],
-            [],
-        )
-
-    def _render(self, renderer: logging.Formatter | None, batch: list[logging.LogRecord]) -> list[str | None]:
-        if renderer is None:  # a formatter this process cannot rebuild (said once, at connection)
-            return [None] * len(batch)
-        try:
-            return [renderer.format(record) for record in batch]
-        except Exception:
-            lines: list[str | None] = []
-            for record in batch:
-                try:
-                    lines.append(renderer.format(record))
-                except Exception:
-                    lines.append(None)  # what the handler would have done in the worker: report, skip
-                    handler = self._handler()
-                    if handler is not None:
-                        handler.handleError(record)
-            return lines
-
-
-def _renderer(spec: Any) -> logging.Formatter | None:
-    """The formatter that renders the lines of *spec* here, or None (with a banner) if this process
-    cannot rebuild it: a class it cannot import, or one it does not take as safe to render here."""
-    try:
-        return _render.make_renderer(spec)
-    except Exception as exc:
-        banner(
-            f"cannot render the log listener's format {spec[1] if type(spec) is tuple else spec!r} in "
-            f"this process ({exc!r}): its lines are not sent; make the formatter's class importable "
-            "here under the same name, as the listener's process has it"
-        )
-        return None
-
-
-def _placeholder(record: logging.LogRecord, exc: Exception) -> logging.LogRecord:
-    """A plain stand-in for a record that could not be encoded, so that it is still accounted for."""
-    level = _level(record.levelno)
-    text = f"[logfunnel: a {logging.getLevelName(level)} record could not be encoded: {exc!r}]"
-    stand_in = logging.makeLogRecord({"name": str(record.name), "levelno": level, "msg": text})
-    stand_in.levelname = logging.getLevelName(level)
-    stand_in.message = text
-    return stand_in
-
-
-def _level(level: object) -> int:
-    """A level as a plain int within what the listener accepts (0 to 2**31 - 1)."""
-    try:
-        value = int(level)  # type: ignore[call-overload]
-    except Exception:
-        return logging.NOTSET
-    return value if 0 <= value < 2**31 else logging.NOTSET
-
-
-def _cut_text(text: str, limit: int = _wire.MAX_TEXT) -> str:
-    """*text* cut to *limit* characters, with a marker saying how long it was."""
-    if len(text) <= limit:
-        return text
-    return text[:limit] + f" [logfunnel: truncated from {len(text)} characters]"
-
-
-_CUT_ATTRIBUTES = ("message", "exc_text", "stack_info")
-#: Room for a line made of a few texts each already cut to ``MAX_TEXT``: only a line that names
-#: other long attributes is cut again.
-_LINE_LIMIT = 4 * _wire.MAX_TEXT
-
-
-def _cut_record(record: logging.LogRecord, index: int, cut: set[int]) -> None:
-    """Cut, in place and before any line is rendered, a record's long message, exception and stack
-    texts. (Long extras are cut where they show: in a rendered line, and in ``_plain_state``; looking
-    for them in every record here would cost the hot path a set difference each.)"""
-    state = record.__dict__
-    for key in _CUT_ATTRIBUTES:
-        value = state.get(key)
-        if type(value) is str and len(value) > _wire.MAX_TEXT:
-            state[key] = _cut_text(value)
-            cut.add(index)
-
-
-_PLAIN = (str, int, float, bool, type(None))
-_CONTAINER_TYPES = (dict, list, tuple, set, frozenset, bytes)  # as nested JSON that keeps their types
-
-
-def _plain_state(
-    state: dict[str, Any],
-    index: int,
-    nested: list[tuple[int, str]] | None,
-    cut: set[int] | None,
-    strict: bool = False,
-) -> None:
-    """Make, in place, every value of a record's attribute dict one the listener's schema accepts:
-    a container becomes nested JSON (``Ext(NESTED)``, listed in *nested*), anything else not plain
-    its repr; with *strict*, ints outside 64 bits and nested values too."""
-    for key, value in state.items():
-        kind = type(value)
-        if kind is str:
-            if len(value) > _wire.MAX_TEXT:
-                state[key] = _cut_text(value)
-                if cut is not None:
-                    cut.add(index)
-            continue
-        if kind in _PLAIN:
-            if strict and kind is int and not -(2**63) <= value < 2**64:
-                state[key] = _wire.safe_repr(value)
-            continue
-        if kind is _wire.Ext:  # a nested value made on the first pass
-            continue
-        if kind in _CONTAINER_TYPES and nested is not None and not strict and _wire.wire_safe(value):
-            text = _wire.nest(value)  # plain and at most _MAX_DEPTH deep: the same on every Python
-            if text is not None and len(text) <= _wire.MAX_NESTED_VALUE:
-                state[key] = _wire.Ext(_wire.NESTED, text.encode("ascii"))
-                nested.append((index, key))
-                continue
-            if text is not None and cut is not None:
-                cut.add(index)
-        state[key] = _cut_text(_wire.safe_repr(value))
-
-
-def _nested_size(records: list[dict[str, Any]] | None, nested: list[tuple[int, str]]) -> int:
-    return sum(len(bytes(records[index][key].data)) for index, key in nested) if records else 0
-
-
-def _escape_str(value: Any) -> Any:
-    return _wire.escape(value) if type(value) is str else value
-
-
-def _state(record: logging.LogRecord) -> dict[str, Any]:
-    """The attribute dict that travels for *record*: its message merged, its exception rendered."""
-    state = record.__dict__.copy()
-    state["msg"] = record.message
-    state["args"] = None
-    state["exc_info"] = None
-    return state
+        return outgoing.frames(first, stamped, dropped, self._lost, self._truncated)
 
 
 def _take(buffer: collections.deque[logging.LogRecord]) -> list[logging.LogRecord]:
@@ -733,48 +448,6 @@ def _take(buffer: collections.deque[logging.LogRecord]) -> list[logging.LogRecor
         batch.append(record)
         size += len(record.message) + 200
     return batch
-
-
-class QueueSink:
-    """For people who already have a queue (anything with ``put_nowait``): put records on it as
-    ``QueueHandler.enqueue`` does, blocking or dropping when it is full as ``on_full`` says."""
-
-    def __init__(self, queue: Any, handler: Any) -> None:
-        self.queue = queue
-        self._block_timeout = handler.block_timeout
-        put = getattr(queue, "put", None)
-        # Block with a timeout only where the queue can; a queue-like object may have put_nowait alone.
-        self._put = put if handler.on_full == "block" and callable(put) else None
-        # Records on an in-process queue are never pickled, so their values stay as they are there.
-        self._pickled = not isinstance(queue, _IN_PROCESS_QUEUES)
-        self.dropped = 0
-
-    def put(self, record: Any, wait: bool) -> None:
-        if self._pickled and isinstance(record, logging.LogRecord):
-            state = record.__dict__
-            for key, value in state.items():  # the queue's feeder thread would drop the record silently
-                if not _wire.wire_safe(value):
-                    try:
-                        pickle.dumps(value)
-                    except Exception:
-                        state[key] = _wire.safe_repr(value)
-        try:
-            if self._put is not None:
-                self._put(record, True, self._block_timeout)
-            else:
-                self.queue.put_nowait(record)
-        except queue_module.Full:
-            self.dropped += 1
-
-    def flush(self, timeout: float | None) -> bool:
-        return True  # the queue's own feeder thread ships; multiprocessing joins it at exit
-
-    def close(self, timeout: float | None) -> None:
-        if self.dropped:
-            banner(f"{self.dropped} log records were dropped because the queue was full")
-
-
-_IN_PROCESS_QUEUES = (queue_module.Queue, queue_module.SimpleQueue)
 
 
 sinks: weakref.WeakSet[SocketSink] = weakref.WeakSet()

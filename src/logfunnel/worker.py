@@ -24,7 +24,8 @@ from . import _sigterm
 from ._checks import check_level
 from ._exit import at_exit
 from ._handling import UnlockedHandle
-from ._sink import QueueSink, SocketSink
+from ._queue_sink import QueueSink
+from ._sink import SocketSink
 from ._transport import QueueHandle, authkey_from_environment, parse_address
 
 __all__ = [
