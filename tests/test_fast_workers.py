@@ -122,7 +122,7 @@ def test_render_in_workers_refuses_what_is_not_a_formatter_class():
 
 def test_a_worker_that_cannot_import_the_formatter_says_so_and_sends_no_lines(capfd):
     """A class spec whose class this process cannot import: a banner naming it, and no renderer."""
-    from logfunnel._frames import renderer as _renderer
+    from logfunnel._frames_out import renderer as _renderer
 
     assert _renderer(("class", "no_such_module_here:Formatter", "{}", {}, None)) is None
     assert "no_such_module_here:Formatter" in capfd.readouterr().err

@@ -1,7 +1,7 @@
 """A worker process's side of the transport: its buffer, its sender thread and its connection.
 
 The caller appends to a bounded buffer without a lock; a sender thread of the process takes what has
-gathered as one batch, has it rendered and encoded (``_frames``), ships it over the process's own
+gathered as one batch, has it rendered and encoded (``_frames_out``), ships it over the process's own
 connection, and reads the listener's acknowledgements. Everything here is rebuilt in a fork child.
 ``_queue_sink.QueueSink`` is the plain alternative for people who hand in a ``multiprocessing`` queue.
 """
@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _counts, _frames, _wire
+from . import _counts, _frames_out, _wire
 from ._handling import banner
 from ._transport import HANDSHAKE_TIMEOUT, QueueHandle, connect
 
@@ -316,7 +316,7 @@ class SocketSink:
             frames = self._encode(batch, first, stamped, dropped)
         except Exception as exc:  # the sender thread must survive anything a record holds
             banner(f"{len(batch)} log records could not be encoded; sending placeholders: {exc!r}")
-            frames = self._encode([_frames.placeholder(r, exc) for r in batch], first, stamped, dropped)
+            frames = self._encode([_frames_out.placeholder(r, exc) for r in batch], first, stamped, dropped)
         self._read_acks()
         self._sent = first + len(batch) - 1
         failed: Exception | str | None = None
@@ -376,7 +376,7 @@ class SocketSink:
         hello = (os.getpid(), multiprocessing.current_process().name, self._incarnation, os.getppid())
         try:
             sock, plan = connect(self.handle, hello, timeout or HANDSHAKE_TIMEOUT)
-            self._renderers = [_frames.renderer(spec) for spec in plan["formats"]]
+            self._renderers = [_frames_out.renderer(spec) for spec in plan["formats"]]
             self._full = self._plan_full = bool(plan["full"])
         except Exception as exc:
             if timeout is not None and isinstance(exc, TimeoutError):
@@ -425,9 +425,9 @@ class SocketSink:
         self._sock = None
 
     def _encode(self, batch: list[logging.LogRecord], first: int, stamped: int, dropped: int) -> list[bytes]:
-        """Encode *batch* as frames of at most ``MAX_FRAME`` bytes (see ``_frames``), counting in
+        """Encode *batch* as frames of at most ``MAX_FRAME`` bytes (see ``_frames_out``), counting in
         ``truncated`` the records cut down to fit."""
-        outgoing = _frames.OutgoingBatch(batch, self._renderers, self._full, self._handler)
+        outgoing = _frames_out.OutgoingBatch(batch, self._renderers, self._full, self._handler)
         cut = outgoing.cut
         if cut:
             self._truncated += len(cut)
