@@ -340,6 +340,12 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         """Return the record to give the handlers; override to change records on the way in."""
         return record
 
+    def set_level(self, level: int | str) -> None:
+        """Skip records below *level*, from this process and from the workers (those that connect from
+        now on are told; those connected already keep the level they were given)."""
+        self.level = check_level(level, "LogListener.set_level()")
+        self._dispatcher.level = self.level
+
     def handle(self, record: logging.LogRecord) -> None:
         """Offer a record (after ``prepare``) to every handler (a network handler through its lane),
         or to its logger if there are none."""
