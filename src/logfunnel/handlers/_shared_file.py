@@ -16,7 +16,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._handling import UnlockedHandle
@@ -184,6 +184,14 @@ class SharedFile(UnlockedHandle):
         if self.stream is None:  # dropped after a failed write: reopen
             self.stream = self._open()
         self.stream = write_lines(self, self.stream, lines)  # type: ignore[arg-type]
+
+    def _write_then_roll(self, chunk: list[str], rollover: Callable[[], None]) -> list[str]:
+        """Write *chunk*, the lines that came before a rollover, then *rollover()*; return the next,
+        empty, chunk (the rotating handlers' size rule, a line that would reach maxBytes)."""
+        if chunk:
+            self._write_text(chunk)
+        rollover()
+        return []
 
     def _nbytes(self, text: str) -> int:
         if self._ascii_ok and text.isascii():

@@ -189,10 +189,7 @@ class LockedRotatingFileHandler(Locked, _RotatingFileHandler):
         for text, _ in items:
             length = self._nbytes(text)
             if size > 0 and size + length >= self.maxBytes:
-                if chunk:
-                    self._write_text(chunk)
-                    chunk = []
-                self._rollover()
+                chunk = self._write_then_roll(chunk, self._rollover)
                 size = 0
             chunk.append(text)
             size += length

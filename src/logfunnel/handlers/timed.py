@@ -160,10 +160,7 @@ class LockedTimedRotatingFileHandler(Locked, _TimedRotatingFileHandler):
             if sized:  # rotate on size too, whichever comes first (as RotatingFileHandler decides)
                 length = self._nbytes(text)
                 if size > 0 and size + length >= self.maxBytes:
-                    if chunk:
-                        self._write_text(chunk)
-                        chunk = []
-                    self._size_rollover()
+                    chunk = self._write_then_roll(chunk, self._size_rollover)
                     size = 0
                 size += length
             chunk.append(text)
