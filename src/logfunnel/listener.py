@@ -29,7 +29,8 @@ from . import _counts, _wire, worker
 from ._checks import check_address, check_handlers, check_level
 from ._dispatch import Dispatcher, _write_lines
 from ._handling import banner
-from ._serving import SocketServing, _Connection, _Process
+from ._processes import _Process
+from ._serving import SocketServing, _Connection
 from ._transport import (
     QueueHandle,
     Saved,
