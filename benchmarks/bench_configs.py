@@ -437,12 +437,16 @@ def plot(path, results: dict, configs: list[str], args) -> bool:
     except ImportError:
         print("matplotlib not installed: skipping plot")
         return False
-    names = ["logfunnel", "cookbook", "mplog", "loguru"]
+    # Only the variants this run measured: a bar of 0 would read as a peer that wrote nothing.
+    names = [
+        n for n in ("logfunnel", "cookbook", "mplog", "loguru") if any(f"{c}/{n}" in results for c in configs)
+    ]
     fig, ax = plt.subplots(figsize=(11, 4.8))
-    width = 0.2
+    width = 0.8 / max(len(names), 1)
     for k, name in enumerate(names):
         values = [results.get(f"{c}/{name}", {}).get("records_per_s") or 0 for c in configs]
-        bars = ax.bar([i + (k - 1.5) * width for i in range(len(configs))], values, width, label=name)
+        offset = (k - (len(names) - 1) / 2) * width
+        bars = ax.bar([i + offset for i in range(len(configs))], values, width, label=name)
         ax.bar_label(bars, labels=[f"{v / 1000:.0f}k" if v else "" for v in values], fontsize=7)
     ax.set_xticks(range(len(configs)), configs)
     ax.set_ylabel("records / s (median run)")

@@ -278,21 +278,26 @@ def test_respect_handler_level(configure, tmp_path, respect):
     )
 
 
-def test_funnel_level_holds_for_worker_records(configure, tmp_path):
-    """The funnel handler's own level drops a worker's records below it, even from a worker at DEBUG."""
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("manager", [False, True], ids=["thread", "manager"])
+def test_funnel_level_holds_for_worker_records(configure, tmp_path, manager):
+    """The funnel handler's own level drops a spawned worker's records below it, even from a worker at
+    DEBUG, whether the listener is a thread or a LogManager process (manager: true)."""
     path = tmp_path / "app.log"
-    config = funnel_config(path)
+    config = funnel_config(path, manager=manager)
     config["handlers"]["funnel"]["level"] = "WARNING"
     configure(config)
     funnel = logfunnel.config.funnel_handler()
-    process = FORK.Process(target=_log_two_levels, args=(funnel.queue,))
+    # Spawned: a forked worker would also inherit the parent's funnel handler, level and all.
+    process = SPAWN.Process(target=_log_two_levels, args=(funnel.queue,))
     process.start()
     process.join(30)
     assert process.exitcode == 0
     funnel.listener.stop()
     assert [line.split(" ", 1)[1] for line in lines(path)] == ["app WARNING warning"]
     stats = funnel.listener.stats()
-    assert (stats["received"], stats["dropped"], stats["lost"]) == (1, 0, 0)
+    # The worker asked for DEBUG itself, so its INFO record travels; the listener skips it.
+    assert (stats["received"], stats["dropped"], stats["lost"]) == (2, 0, 0)
 
 
 def _log_two_levels(queue) -> None:

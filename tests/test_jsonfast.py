@@ -191,7 +191,7 @@ values = st.recursive(
 names = st.text(min_size=1, max_size=8).filter(lambda name: not hasattr(logging.LogRecord, name))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     message=st.text(),
     extras=st.dictionaries(names, values, max_size=4),

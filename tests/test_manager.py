@@ -132,6 +132,36 @@ def test_stats_show_processes_and_the_managers_health(tmp_path):
         assert [h["backlog"] for h in health["handlers"]] == [0]
 
 
+@pytest.mark.timeout(60)
+def test_set_level_skips_later_records_in_the_manager(tmp_path):
+    """set_level() reaches the manager's listener: records below it are skipped there, not written."""
+    path = tmp_path / "levels.log"
+    with logfunnel.LogManager([_file_handler(path)]) as manager:
+        with pytest.raises(ValueError, match=r"LogManager.set_level\(\)"):
+            manager.set_level("LOUD")
+        manager.set_level("WARNING")
+        manager.stats()  # answered after the level request: the manager has applied it
+        process = multiprocessing.get_context("spawn").Process(
+            target=_log_info_and_warning, args=(manager.queue,)
+        )
+        process.start()
+        process.join(30)
+        assert process.exitcode == 0
+        # The worker asked for DEBUG itself, so its INFO record travels; the manager skips it.
+        assert wait_for(lambda: manager.stats()["received"] == 2)
+    assert [line.split()[2:] for line in path.read_text(encoding="utf-8").splitlines()] == [
+        ["WARNING", "warning"]
+    ]
+    with pytest.raises(RuntimeError, match="not running"):
+        manager.set_level("INFO")
+
+
+def _log_info_and_warning(handle) -> None:
+    logfunnel.install_worker_logging(handle, level=logging.DEBUG)
+    logging.getLogger("app").info("info")
+    logging.getLogger("app").warning("warning")
+
+
 def test_handlers_and_config_together_are_refused():
     """It is one or the other, and the message says so."""
     with pytest.raises(TypeError, match=r"^LogManager\(\) takes handlers or a config, not both$"):

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._binding import parse_host_port
 from ._checks import check_address, check_level
 from ._lanes import WHEN_FULL, Lane, Retry, inline
-from ._receiver import parse_host_port
 
 __all__ = ["ConfigError", "FileConfig", "apply", "check", "load"]
 

@@ -328,7 +328,7 @@ class Dispatcher:
             return True
         if self._route_plan is not None:
             return not self._route_plan.check_all()
-        return not all(target.saturated for _, target in self._slow)  # type: ignore[attr-defined]
+        return not all(target.check_saturated() for _, target in self._slow)  # type: ignore[attr-defined]
 
     def _count_unsent(self, levels: list[int]) -> None:
         low = min(levels)

@@ -261,11 +261,11 @@ class Lane(UnlockedHandle, logging.Handler):
         if self.dropped > self._reported_drops:
             self._report_drops()
 
-    @property
-    def saturated(self) -> bool:
+    def check_saturated(self) -> bool:
         """Whether a record given now would surely be dropped (``drop_newest``, buffer full): then a
         listener may stop asking its workers for whole records until the buffer is half empty again
-        (``count_dropped`` counts the ones never built)."""
+        (``count_dropped`` counts the ones never built). Each call moves that hysteresis on: a lane
+        saturated stays so until half of its buffer has drained."""
         if self.when_full != "drop_newest" or self._state != "running":
             return False
         waiting = len(self._buffer)

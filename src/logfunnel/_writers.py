@@ -30,7 +30,9 @@ import os
 from collections.abc import Callable
 
 from .handlers._disk import _stateless, losses_of, write_lines
-from .handlers.files import _ROLLS_EMPTY_FILES, _WIDEST, _Locked
+from .handlers._locked import Locked
+from .handlers._shared_file import ASCII_SUPERSETS, WIDEST
+from .handlers.files import _ROLLS_EMPTY_FILES
 
 __all__ = ["Writer", "needs_created", "writer_for"]
 
@@ -40,7 +42,6 @@ Writer = Callable[[logging.Handler, list[str], list[float]], None]
 _Rotating = logging.handlers.RotatingFileHandler
 _Timed = logging.handlers.TimedRotatingFileHandler
 _Watched = logging.handlers.WatchedFileHandler
-_ASCII_SUPERSETS = {"utf-8", "utf8", "ascii", "latin-1", "latin1", "iso-8859-1", "cp1252"}
 
 
 def _failure_record(text: str) -> logging.LogRecord:
@@ -59,7 +60,7 @@ def writer_for(handler: logging.Handler) -> Writer | None:
     cls = type(handler)
     if handler.filters:
         return None
-    if isinstance(handler, _Locked):
+    if isinstance(handler, Locked):
         return None if handler._per_record else _write_locked  # noqa: SLF001
     if cls in (logging.StreamHandler, logging.FileHandler):
         return _write_plain
@@ -118,10 +119,10 @@ def _write_rotating(handler: logging.Handler, lines: list[str], created: list[fl
         if not _stateless(encoding):  # UTF-16 and friends: a BOM once per file, not per line
             _append_measured(handler, lines)
             return
-        ascii_ok = encoding in _ASCII_SUPERSETS and terminator.isascii()
+        ascii_ok = encoding in ASCII_SUPERSETS and terminator.isascii()
         extra = len(terminator)
-        if ascii_ok and position + _WIDEST * (sum(map(len, lines)) + len(lines) * (extra + 1)) < limit:
-            # No line of the batch can reach maxBytes (at most _WIDEST bytes a character in these
+        if ascii_ok and position + WIDEST * (sum(map(len, lines)) + len(lines) * (extra + 1)) < limit:
+            # No line of the batch can reach maxBytes (at most WIDEST bytes a character in these
             # encodings, error handlers included): the rule per line would say no to each.
             _append(handler, lines)
             return

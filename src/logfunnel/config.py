@@ -24,7 +24,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import worker
 from ._checks import check_level
@@ -32,6 +32,9 @@ from ._handling import banner
 from ._lanes import Lane, Retry, inline, is_lane
 from .listener import LogListener, tree_levels
 from .worker import EXIT_TIMEOUT, FunnelHandler, OnFull
+
+if TYPE_CHECKING:
+    from .manager import LogManager
 
 __all__ = [
     "ConfiguredFunnelHandler",
@@ -101,14 +104,14 @@ class ConfiguredFunnelHandler(FunnelHandler):
         sink = self._sink
         if hasattr(sink, "_on_plan"):
             sink._on_plan = None  # noqa: SLF001  (the configuration decides the levels here)
-        self.listener = None
+        self.listener: FunnelListener | LogManager | None = None
         self._checked = False
 
     def setLevel(self, level: int | str) -> None:
         """Set this handler's level and the listener's: the workers' records obey it too."""
         super().setLevel(level)
         target = self.listener
-        if isinstance(target, FunnelListener):
+        if target is not None:  # a FunnelListener, or a LogManager (manager: true)
             target.set_level(self.level)
 
     def handle(self, record: logging.LogRecord) -> bool:
@@ -196,11 +199,6 @@ class FunnelListener(LogListener):
             if isinstance(handler, FunnelHandler):
                 handler._sink.close(timeout)  # noqa: SLF001  (ship, say goodbye, hang up)
         super().stop(timeout)
-
-    def set_level(self, level: int) -> None:
-        """Skip records below *level*, from this process and from the workers (told when they connect)."""
-        self.level = level
-        self._dispatcher.level = level
 
     def check_owned(self) -> None:
         """Say on stderr, once, if a handler this listener owns is also on a logger (lines twice)."""

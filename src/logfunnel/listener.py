@@ -29,7 +29,8 @@ from . import _counts, _wire, worker
 from ._checks import check_address, check_handlers, check_level
 from ._dispatch import Dispatcher, _write_lines
 from ._handling import banner
-from ._serving import SocketServing, _Connection, _Process
+from ._processes import _Process
+from ._serving import SocketServing, _Connection
 from ._transport import (
     QueueHandle,
     Saved,
@@ -339,6 +340,12 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         """Return the record to give the handlers; override to change records on the way in."""
         return record
+
+    def set_level(self, level: int | str) -> None:
+        """Skip records below *level*, from this process and from the workers (those that connect from
+        now on are told; those connected already keep the level they were given)."""
+        self.level = check_level(level, "LogListener.set_level()")
+        self._dispatcher.level = self.level
 
     def handle(self, record: logging.LogRecord) -> None:
         """Offer a record (after ``prepare``) to every handler (a network handler through its lane),

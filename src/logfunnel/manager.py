@@ -209,6 +209,8 @@ def _serve(
                     break
                 if isinstance(request, tuple) and request[0] == "stats":
                     conn.send(("stats", request[1], health(listener)))
+                elif isinstance(request, tuple) and request[0] == "level":
+                    listener.set_level(request[1])
         except (EOFError, OSError):
             break  # the parent closed its end: it is gone, or it gave up on us
         if (direct_child and os.getppid() != parent_pid) or not _alive(parent):
@@ -431,6 +433,18 @@ class LogManager:
                         return reply[2]  # type: ignore[no-any-return]
             except (EOFError, BrokenPipeError, ConnectionResetError):
                 raise RuntimeError(f"the log manager (pid {self.pid}) is gone") from None
+
+    def set_level(self, level: int | str) -> None:
+        """Have the manager's listener skip records below *level* (``LogListener.set_level``)."""
+        checked = check_level(level, "LogManager.set_level()")
+        if self._conn is None or self._final is not None:
+            raise RuntimeError("the LogManager is not running")
+        with self._lock:
+            try:
+                self._conn.send(("level", checked))
+            except (BrokenPipeError, ConnectionResetError, OSError):
+                raise RuntimeError(f"the log manager (pid {self.pid}) is gone") from None
+        self._options["level"] = checked
 
     def stop(self, timeout: float | None = None) -> None:
         """Have the manager handle everything already sent, close its handlers and exit."""

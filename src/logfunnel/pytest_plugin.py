@@ -237,7 +237,7 @@ _LISTENER_CLASS: Any = None
 
 def _make_listener_class() -> Any:
     from . import _counts
-    from ._serving import _Process
+    from ._processes import _Process
     from .listener import LogListener
 
     class FunnelListener(LogListener):

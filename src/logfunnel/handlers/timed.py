@@ -19,15 +19,18 @@ import time
 from typing import Any
 
 from ._compress import append_file, append_text
+from ._locked import ROTATING_SEAMS, Locked
+from ._lockfile import LockFile, sidecar
 from ._perms import OwnerSpec
-from .files import _ROTATING_SEAMS, OPTIONS_DOC, Item, _is_special, _Locked, _LockFile, _terminator
+from ._shared_file import Item
+from .files import OPTIONS_DOC
 
 __all__ = ["LockedTimedRotatingFileHandler"]
 
 _TimedRotatingFileHandler = logging.handlers.TimedRotatingFileHandler  # bound once, as in files.py
 
 
-class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
+class LockedTimedRotatingFileHandler(Locked, _TimedRotatingFileHandler):
     """``logging.handlers.TimedRotatingFileHandler`` for many processes.
 
     The processes share one schedule, kept beside the lock: whichever first writes a line from a new
@@ -41,7 +44,7 @@ class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
 
     __doc__ = (__doc__ or "") + OPTIONS_DOC
 
-    _seams = (*_ROTATING_SEAMS, "computeRollover", "getFilesToDelete")
+    _seams = (*ROTATING_SEAMS, "computeRollover", "getFilesToDelete")
 
     def __init__(
         self,
@@ -70,12 +73,10 @@ class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
         _TimedRotatingFileHandler.__init__(
             self, filename, when, interval, backupCount, encoding, delay, utc, atTime, errors
         )
-        self._locked_init(chmod, lock_file, compress, _terminator(terminator, newline, type(self)))
-        folder, name = os.path.split(self.baseFilename)
+        self._locked_init(lock_file, compress, terminator, newline)
         # The shared schedule belongs to this log, even where several logs share one lock file
         # (a device or a FIFO, never rotated, keeps it in memory).
-        schedule = None if _is_special(self.baseFilename) else os.path.join(folder, f".{name}.schedule")
-        self._schedule = _LockFile(schedule, self._perms)
+        self._schedule = LockFile(sidecar(self.baseFilename, "schedule"), self._perms)
 
     def shouldRollover(self, record: logging.LogRecord) -> bool:
         """The standard library's answer (the time now against the next rollover time; never for a
@@ -159,10 +160,7 @@ class LockedTimedRotatingFileHandler(_Locked, _TimedRotatingFileHandler):
             if sized:  # rotate on size too, whichever comes first (as RotatingFileHandler decides)
                 length = self._nbytes(text)
                 if size > 0 and size + length >= self.maxBytes:
-                    if chunk:
-                        self._write_text(chunk)
-                        chunk = []
-                    self._size_rollover()
+                    chunk = self._write_then_roll(chunk, self._size_rollover)
                     size = 0
                 size += length
             chunk.append(text)
