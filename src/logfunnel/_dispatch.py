@@ -80,6 +80,14 @@ class _Prerendered:
 _Route = tuple[logging.Handler, logging.Handler]  # a handler given, and what to call: itself or its lane
 
 
+def _raised(where: object, exc: BaseException) -> None:
+    banner(
+        f"{where} raised {exc!r} on a record: that record is lost to it (counted in the listener's "
+        "stats as handler_failures['raised']), the others go on",
+        kind=f"raised:{type(where).__name__}",
+    )
+
+
 def _failure_record(text: str) -> logging.LogRecord:
     return logging.makeLogRecord({"msg": text, "args": None, "name": "logfunnel"})
 
@@ -124,6 +132,7 @@ class Dispatcher:
         self._prerender = prerender and seam is None
         self._route_plan: RoutePlan | None = None  # routed, with lines: see _routing
         self._unrouted = 0
+        self._raised_count = 0  # records a handler, filter or logger raised on (each once per raise)
         self._seam = seam
         self._fast: list[tuple[logging.Handler, int, _writers.Writer]] = []
         self._created = -1  # the plan's index of the creation times, if a fast handler needs them
@@ -247,7 +256,10 @@ class Dispatcher:
             made.append(record)
         if seam is not None:
             for record in made:
-                seam(record)
+                try:
+                    seam(record)
+                except Exception as exc:
+                    self._count_raised(seam, exc)
         elif self.routed:
             for record in made:
                 self.deliver(record, self._slow)
@@ -351,7 +363,10 @@ class Dispatcher:
                 target.handle_batch(chosen)
                 continue
             for record in chosen:
-                target.handle(record)
+                try:
+                    target.handle(record)
+                except Exception as exc:
+                    self._count_raised(target, exc)
 
     def handle_record(self, record: logging.LogRecord) -> None:
         """Offer one record to every handler (through its lane), or to its logger in routed mode."""
@@ -366,7 +381,17 @@ class Dispatcher:
         respect = self.respect_handler_level
         for handler, target in routes:
             if not respect or record.levelno >= handler.level:
-                target.handle(record)
+                try:
+                    target.handle(record)
+                except Exception as exc:
+                    self._count_raised(target, exc)
+
+    def _count_raised(self, where: object, exc: BaseException) -> None:
+        """A handler (or filter, or logger) raised on one record. In one process the exception would
+        reach the logging call; here it would end the batch for every handler after it. It costs
+        that record on that handler only: counted, said on stderr (rate limited), and the rest go on."""
+        self._raised_count += 1
+        _raised(where, exc)
 
     def _route(self, record: logging.LogRecord) -> None:
         # Exactly what this process would do with the call that made the record: its logger's level
@@ -376,11 +401,18 @@ class Dispatcher:
         if not logger.isEnabledFor(record.levelno):
             return
         if not _walks_itself(logger):
-            logger.handle(record)
+            try:
+                logger.handle(record)
+            except Exception as exc:
+                self._count_raised(logger, exc)
             return
         if logger.disabled:
             return
-        verdict: Any = logger.filter(record)
+        try:
+            verdict: Any = logger.filter(record)
+        except Exception as exc:
+            self._count_raised(logger, exc)
+            return
         if not verdict:
             return
         if isinstance(verdict, logging.LogRecord):  # 3.12: a filter may return a new record
@@ -391,7 +423,10 @@ class Dispatcher:
             for handler in current.handlers:
                 found += 1
                 if record.levelno >= handler.level:
-                    self._found_target(handler).handle(record)
+                    try:
+                        self._found_target(handler).handle(record)
+                    except Exception as exc:
+                        self._count_raised(handler, exc)
             current = current.parent if current.propagate else None
         if found == 0:
             last = logging.lastResort
@@ -453,6 +488,9 @@ class Dispatcher:
         if self._unrouted:
             total += self._unrouted
             reasons["configuration_changed"] = self._unrouted
+        if self._raised_count:
+            total += self._raised_count
+            reasons["raised"] = self._raised_count
         return {"lines_lost": total, "handler_failures": reasons}
 
     # -- the end -----------------------------------------------------------------------------------

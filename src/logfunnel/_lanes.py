@@ -132,6 +132,21 @@ def _logging_lock() -> Any:
     return logging._lock  # type: ignore[attr-defined]  # noqa: SLF001
 
 
+class _HandleErrorCalled(RuntimeError):
+    """What a lane notes when its target called handleError() outside an exception handler."""
+
+
+def _transient(failure: BaseException) -> bool:
+    """Whether an emit that failed may succeed if tried again: the network or the server failed
+    (an ``OSError``: refused, reset, timed out, TLS, SMTP; an ``http.client`` error), or the handler
+    did not say why. A failure of the record itself (a format naming a missing field, a value that
+    cannot be encoded) fails the same way every time: retrying would hold every record behind it."""
+    if isinstance(failure, (OSError, _HandleErrorCalled)):
+        return True
+    client = sys.modules.get("http.client")  # not imported: nothing raised one of its errors
+    return client is not None and isinstance(failure, client.HTTPException)
+
+
 class _Intercept:
     """Stands in for the target's ``handleError`` while a lane runs it: on the lane's own thread a
     call means "this emit failed" (noted, to be retried); on any other thread (the target may also
@@ -144,14 +159,16 @@ class _Intercept:
     def __call__(self, record: logging.LogRecord) -> None:
         lane = self.lane()
         if lane is not None and threading.get_ident() == lane._ident:  # noqa: SLF001
-            lane._failure = sys.exc_info()[1] or RuntimeError("the handler called handleError()")  # noqa: SLF001
+            lane._failure = sys.exc_info()[1] or _HandleErrorCalled("the handler called handleError()")  # noqa: SLF001
             return
         self.original(record)
 
 
 class Lane(UnlockedHandle, logging.Handler):
     """Put *handler* on a lane of its own: a daemon thread, a buffer of *capacity* records, a drop
-    policy, retry with back-off for records whose emit failed, and figures (``lane_stats()``).
+    policy, retry with back-off for records whose emit failed on the way out (an ``OSError`` or an
+    ``http.client`` error: the network, the server; a record that fails by itself, as a format naming
+    a missing field does, gets its handleError at once), and figures (``lane_stats()``).
 
     *when_full* says what happens to a record that finds the buffer full: ``"drop_newest"`` (the
     default: it is dropped, and counted), ``"drop_oldest"`` (the oldest waiting record is dropped to
@@ -408,6 +425,9 @@ class Lane(UnlockedHandle, logging.Handler):
                         return False
             if failure is None:
                 return True
+            if not _transient(failure):  # the record's own fault (its format): the same every time
+                self._give_up(record, failure)
+                return False
             if self._abandon:
                 return None  # counted undelivered by stop(); its target's handleError is not ours to call
             now = time.monotonic()

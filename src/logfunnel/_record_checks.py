@@ -47,6 +47,12 @@ RECORD_TYPES: dict[str, tuple[type, ...]] = {
     "asctime": (str,),
 }
 _FLOATS = ("created", "msecs", "relativeCreated")
+_LAST_SECOND = 253_402_300_799.0  # 9999-12-31 23:59:59 UTC, the last time strftime's %Y can show
+_FLOAT_RANGES: dict[str, tuple[float, float, str]] = {
+    "created": (0.0, _LAST_SECOND, "seconds since the epoch from 0 to the end of the year 9999"),
+    "msecs": (0.0, 999.999999, "milliseconds from 0 to below 1000"),
+    "relativeCreated": (-_LAST_SECOND * 1000, _LAST_SECOND * 1000, "a finite number of milliseconds"),
+}
 _MERGE_ARG_TYPES = (str, int, float, bool, _NONE)
 MAX_MERGE_WIDTH = 100  # the largest width or precision of a conversion merged here
 _CONVERSION = re.compile(
@@ -86,7 +92,8 @@ def check_record(state: object) -> dict[str, Any]:
     Refused (``RecordRefused``): anything but a dict with str keys; a key that starts with ``__`` or
     names a method of ``LogRecord`` (it would shadow ``getMessage``); no ``name`` or ``levelno``; a
     well-known attribute (``RECORD_TYPES``) of another type; ``args`` that cannot be merged cheaply
-    (see ``_merge``). Fixed: ``created``, ``msecs`` and ``relativeCreated`` given as int become float;
+    (see ``_merge``); ``created``, ``msecs`` or ``relativeCreated`` that no formatter could show (NaN,
+infinite, beyond the year 9999, ``msecs`` outside 0 to 1000). Fixed: ``created``, ``msecs`` and ``relativeCreated`` given as int become float;
     a missing ``levelname`` is the level's name; ``exc_info`` becomes None (what arrives can only be
     plain values, which formatters cannot use: the traceback travels as ``exc_text``); ``args`` that
     can be merged cheaply are merged into ``msg`` and become None.
@@ -110,6 +117,12 @@ def check_record(state: object) -> dict[str, Any]:
         if key in state and type(state[key]) not in kinds:
             names = " or ".join("None" if kind is _NONE else kind.__name__ for kind in kinds)
             raise RecordRefused(f"expected {key} as {names}, got a {type(state[key]).__name__}")
+    for key, (low, high, what) in _FLOAT_RANGES.items():
+        value = state.get(key)
+        # NaN fails both comparisons; a time a formatter cannot turn into a date (1e300, inf) would
+        # fail in every handler's formatTime, on every attempt of every lane.
+        if value is not None and not low <= value <= high:
+            raise RecordRefused(f"expected {key} as {what}, got {value!r}")
     if "levelname" not in state:
         state["levelname"] = logging.getLevelName(level)
     state["exc_info"] = None
