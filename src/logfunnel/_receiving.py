@@ -166,7 +166,7 @@ class ReceiverServing:
                 return
             peer = self._peer(_peer_name("tcp", address), "connected")
             peer.state = "connected"  # a peer seen before, on a connection from the same port
-            if len(self._streams) >= self.max_connections:
+            if len(self._streams) >= self.max_connections and not self._evict_silent(selector):
                 sock.close()
                 peer.state = "refused"
                 self._refuse(peer, "connections", f"more than {self.max_connections} connections at once")
@@ -176,6 +176,25 @@ class ReceiverServing:
             with self._lock:
                 self._streams[sock.fileno()] = stream
             selector.register(sock, selectors.EVENT_READ, stream)
+
+    def _evict_silent(self, selector: selectors.BaseSelector) -> bool:
+        """Make room for a new connection by closing the oldest one that has sent nothing yet.
+
+        Sockets that connect and stay silent would otherwise hold every place (``max_connections``)
+        and lock out every real client; a client that has sent a record keeps its place, so a stdlib
+        ``SocketHandler`` that logs rarely is never cut off by newcomers. False if none is silent.
+        """
+        for stream in self._streams.values():  # in the order they connected (dict order)
+            peer = stream.peer
+            if peer.received == 0 and peer.rejected == 0 and not stream.buffer:
+                self._refuse(
+                    peer, "connections",
+                    f"{self.max_connections} connections at once: the oldest that had sent nothing "
+                    "was closed to let a new one in",
+                )  # fmt: skip
+                self._close(stream, selector, "evicted")
+                return True
+        return False
 
     def _pause_accepting(self, selector: selectors.BaseSelector, exc: OSError) -> None:
         # As the listener does (_serving.SocketServing._pause_accepting): the connection accept()
