@@ -51,7 +51,7 @@ class SocketSink:
         self._reset()
         sinks.add(self)
 
-    def _reset(self) -> None:
+    def _reset(self, count_file: bool = True) -> None:
         # Called in __init__ and in a child after fork: nothing inherited from the parent survives,
         # neither its records (the parent still owns them) nor its locks, thread or connection.
         self._pid = os.getpid()
@@ -83,7 +83,7 @@ class SocketSink:
         # from writing into the middle of the frame being written (see _send).
         self._send_lock = threading.RLock()
         self._in_send = False
-        self._counted = self._count_file()
+        self._counted = self._count_file() if count_file else None
         # The counts the listener reads if this process dies hard: accepted and dropped records.
         self._slots = (
             self._counted.slots if self._counted is not None else memoryview(bytearray(64)).cast("Q")
@@ -108,7 +108,10 @@ class SocketSink:
     def after_fork_in_child(self) -> None:
         sock = self._sock
         inherited = self._counted
-        self._reset()
+        # A sink whose handler the parent closed (a dictConfig that replaced its funnel, whose
+        # listener may be gone with its folder) is not this child's: no count file for it.
+        handler = self._handler()
+        self._reset(count_file=handler is not None and not getattr(handler, "_closed", False))
         if inherited is not None:
             inherited.release()  # the parent's file: what this child accepts is not the parent's
         if sock is not None:
