@@ -34,5 +34,11 @@ def at_exit(callback: Callable[[], None]) -> None:
         if util is None:
             continue
         registry = getattr(util, "_finalizer_registry", {})
-        if not any(getattr(f, "_callback", None) is callback for f in list(registry.values())):
+        # A finalizer runs only in the process that made it (Finalize checks its _pid): one a raw
+        # fork child inherited from its parent is skipped at the child's exit, so it needs its own.
+        pid = os.getpid()
+        if not any(
+            getattr(f, "_callback", None) is callback and getattr(f, "_pid", pid) == pid
+            for f in list(registry.values())
+        ):
             util.Finalize(None, callback, exitpriority=-100)
