@@ -175,8 +175,9 @@ def test_second_run_removes_only_its_own_files_and_says_so(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--workers", "0"], "--workers must be at least 1, got 0"),
-        (["--workers", "-3"], "--workers must be at least 1, got -3"),
+        (["--workers", "0"], "--workers must be from 1 to 512 (each is a process), got 0"),
+        (["--workers", "-3"], "--workers must be from 1 to 512 (each is a process), got -3"),
+        (["--workers", "1000000000"], "--workers must be from 1 to 512 (each is a process), got 1000000000"),
         (["--seconds", "0"], "--seconds must be a number above 0, got 0"),
         (["--seconds", "-1.5"], "--seconds must be a number above 0, got -1.5"),
         (["--seconds", "inf"], "--seconds must be a number above 0, got inf"),

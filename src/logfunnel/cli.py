@@ -221,6 +221,11 @@ def _print_summary(figures: dict[str, Any], out: Path, workers: int, seconds: fl
                         subsequent_indent="  "))  # fmt: skip
 
 
+#: The most worker processes a demo starts: each is a process, and a typo (--workers 1000000000)
+#: must not fork until the machine gives out.
+MAX_DEMO_WORKERS = 512
+
+
 def demo(workers: int = 4, seconds: float = 3.0, directory: str = "logfunnel-demo") -> dict[str, Any]:
     """Run *workers* processes that log a simulated shop's records for *seconds* into *directory*.
 
@@ -231,8 +236,8 @@ def demo(workers: int = 4, seconds: float = 3.0, directory: str = "logfunnel-dem
     duration, and ``workdir.DemoDirectoryError`` if *directory* holds ``demo.log`` files it did not
     write.
     """
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    if not 1 <= workers <= MAX_DEMO_WORKERS:
+        raise ValueError(f"workers must be from 1 to {MAX_DEMO_WORKERS} (each is a process), got {workers}")
     if not (seconds > 0 and math.isfinite(seconds)):
         raise ValueError(f"seconds must be a number above 0, got {seconds}")
     out = Path(directory)
@@ -350,8 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, demo_parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
-        if args.workers < 1:
-            demo_parser.error(f"--workers must be at least 1, got {args.workers}")
+        if not 1 <= args.workers <= MAX_DEMO_WORKERS:
+            demo_parser.error(
+                f"--workers must be from 1 to {MAX_DEMO_WORKERS} (each is a process), got {args.workers}"
+            )
         if not (args.seconds > 0 and math.isfinite(args.seconds)):
             demo_parser.error(f"--seconds must be a number above 0, got {args.seconds:g}")
         try:
