@@ -89,14 +89,15 @@ def _merge(msg: str, args: object) -> str:
 def check_record(state: object) -> dict[str, Any]:
     """The attribute dict *state*, checked (and where harmless, fixed) before ``makeLogRecord``.
 
-        Refused (``RecordRefused``): anything but a dict with str keys; a key that starts with ``__`` or
-        names a method of ``LogRecord`` (it would shadow ``getMessage``); no ``name`` or ``levelno``; a
-        well-known attribute (``RECORD_TYPES``) of another type; ``args`` that cannot be merged cheaply
-        (see ``_merge``); ``created``, ``msecs`` or ``relativeCreated`` that no formatter could show (NaN,
-    infinite, beyond the year 9999, ``msecs`` outside 0 to 1000). Fixed: ``created``, ``msecs`` and ``relativeCreated`` given as int become float;
-        a missing ``levelname`` is the level's name; ``exc_info`` becomes None (what arrives can only be
-        plain values, which formatters cannot use: the traceback travels as ``exc_text``); ``args`` that
-        can be merged cheaply are merged into ``msg`` and become None.
+    Refused (``RecordRefused``): anything but a dict with str keys; a key that starts with ``__`` or
+    names a method of ``LogRecord`` (it would shadow ``getMessage``); no ``name`` or ``levelno``; a
+    well-known attribute (``RECORD_TYPES``) of another type; ``args`` that cannot be merged cheaply
+    (see ``_merge``); ``created``, ``msecs`` or ``relativeCreated`` that no formatter could show
+    (NaN, infinite, beyond the year 9999, ``msecs`` outside 0 to 1000). Fixed: ``created``, ``msecs``
+    and ``relativeCreated`` given as int become float; a missing ``levelname`` is the level's name;
+    ``exc_info`` becomes None (what arrives can only be plain values, which formatters cannot use:
+    the traceback travels as ``exc_text``); ``args`` that can be merged cheaply are merged into
+    ``msg`` and become None.
     """
     if type(state) is not dict:
         raise RecordRefused(f"expected a dict of record attributes, got a {type(state).__name__}")
