@@ -1,9 +1,5 @@
 """Failures found by a review from outside (as a user and as an adversary), one test each, named
 after the failure it prevents.
-
-Two remain marked ``xfail(strict=True)``: a level lowered in the listener's process after a worker
-connected does not reach that worker (a known limit, said in the README); the fix would show up as an
-XPASS that fails the run, so the marker goes with it.
 """
 
 from __future__ import annotations
@@ -293,7 +289,7 @@ def _log_info_after_the_level_is_lowered(handle: object, connected: Any, lowered
     logfunnel.flush_worker_logging(10)
     connected.set()
     lowered.wait(10)
-    deadline = time.monotonic() + 3  # a generous bound: one record would do
+    deadline = time.monotonic() + 20  # a generous bound: the listener looks about every second
     while not seen.is_set() and time.monotonic() < deadline:
         logging.getLogger("review.levels").info("after")
         logfunnel.flush_worker_logging(1)
@@ -315,11 +311,6 @@ def _lower_while_connected(handlers: list[Any] | None, lower: Callable[[], None]
         assert process.exitcode == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a worker takes the configuration's levels once, when it connects; lowering a level in "
-    "the listener's process afterwards (setLevel, an incremental dictConfig) never reaches it",
-)
 @pytest.mark.timeout(60)
 def test_lowering_the_root_level_after_workers_connected_never_reaches_them():
     """Routed: root.setLevel(INFO) in the parent makes a connected worker's INFO records arrive."""
@@ -332,11 +323,6 @@ def test_lowering_the_root_level_after_workers_connected_never_reaches_them():
     assert "after" in [r.getMessage() for r in collect.records]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with explicit handlers a worker is told the lowest handler level once, at connect; "
-    "handler.setLevel(INFO) afterwards is never passed on, so INFO records are never made",
-)
 @pytest.mark.timeout(60)
 def test_lowering_a_handlers_level_after_workers_connected_never_reaches_them():
     """Explicit handlers: handler.setLevel(INFO) in the parent makes a connected worker's INFO arrive."""

@@ -36,12 +36,13 @@ _HANDSHAKE_LIMIT = 64 * 1024
 MAX_PENDING = 64  # connections that have not authenticated yet; beyond it the oldest is closed
 FRAME_TIMEOUT = 30.0  # seconds an authenticated peer has to finish a frame it has begun
 ACCEPT_BACKOFF = 0.5  # seconds without accept() after it failed with no connection to give up
+LEVELS_EVERY = 0.5  # seconds between looks at whether this process's levels changed (_push_levels)
 
 
 class _Connection(FrameStream):
     """A worker's connection (or, once authenticated as one, a stats or tail client's)."""
 
-    __slots__ = ("challenge", "control", "deadline", "listener", "process", "unsent")
+    __slots__ = ("challenge", "control", "deadline", "levels", "listener", "process", "unsent")
 
     def __init__(self, sock: socket.socket, listener: SocketServing) -> None:
         super().__init__(sock)
@@ -51,6 +52,7 @@ class _Connection(FrameStream):
         self.process: _Process | None = None
         self.control: _control.ControlClient | None = None  # a `logfunnel stats`/`tail` client instead
         self.unsent = b""  # the tail of an acknowledgement the worker had no room for yet
+        self.levels: Any = None  # the levels (and disabled loggers) this worker was last told
 
     def frame_limit(self) -> int:
         if self.process is not None:
@@ -74,6 +76,7 @@ class SocketServing(ProcessAccounting):
     max_frame: int
     _welcome_plan: Callable[[], dict[str, Any]]
     _accept_pause: AcceptPause | None = None  # the server socket's, while serving
+    _levels_due = 0.0  # when _push_levels looks again
 
     # -- the socket read loop ----------------------------------------------------------------------
 
@@ -108,6 +111,7 @@ class SocketServing(ProcessAccounting):
                 if hub.dirty:
                     hub.flush()
                 self._expire(selector, connections)
+                self._push_levels(connections)
                 self._reconcile()
             self._drain(selector, connections)
             hub.flush()  # the last records to the tails, as far as their sockets take them
@@ -251,6 +255,31 @@ class SocketServing(ProcessAccounting):
         """Whether workers should send whole records with their lines now (None: as the plan says)."""
         return None
 
+    def _push_levels(self, connections: dict[int, _Connection]) -> None:
+        """Tell each connected worker the levels again if they changed since it was told (a level
+        lowered or raised in this process, an incremental dictConfig): at most every
+        ``LEVELS_EVERY`` seconds, one LEVELS message to each worker whose levels differ."""
+        now = time.monotonic()
+        if now < self._levels_due:
+            return
+        self._levels_due = now + LEVELS_EVERY
+        workers = [conn for conn in connections.values() if conn.levels is not None]
+        if not workers:
+            return
+        plan = self._welcome_plan()
+        levels = (plan["levels"], plan["disabled"])
+        data = b""
+        for conn in workers:
+            if conn.levels == levels:
+                continue
+            conn.levels = levels
+            data = data or _wire.frame(_wire.encode((_wire.LEVELS, *levels)))
+            conn.unsent += data  # after the rest of an acknowledgement, if one is waiting
+            try:
+                conn.unsent = conn.unsent[conn.sock.send(conn.unsent) :]
+            except OSError:
+                pass
+
     def _acknowledge(self, conn: _Connection, process: _Process) -> None:
         # Everything up to next_seq - 1 is handled. Never wait for a worker to read: while its buffer
         # is full, the rest of a partly sent acknowledgement waits, and newer ones (they are
@@ -316,9 +345,9 @@ class SocketServing(ProcessAccounting):
         ):
             raise ProtocolError(f"malformed hello {_wire.safe_repr(hello)[:200]}")
         pid, name, incarnation, ppid = hello
+        plan = self._welcome_plan()
         welcome = _wire.frame(
-            answer(self._authkey, payload[DIGEST_SIZE : DIGEST_SIZE + CHALLENGE_SIZE])
-            + _wire.encode(self._welcome_plan())
+            answer(self._authkey, payload[DIGEST_SIZE : DIGEST_SIZE + CHALLENGE_SIZE]) + _wire.encode(plan)
         )
         try:
             conn.sock.setblocking(True)
@@ -335,6 +364,7 @@ class SocketServing(ProcessAccounting):
         process.name = name
         process.state = "connected"
         conn.process = process
+        conn.levels = (plan.get("levels"), plan.get("disabled"))
 
     def _admit_control(self, conn: _Connection, payload: bytes) -> None:
         assert self._control_hub is not None

@@ -27,6 +27,9 @@ __all__ = ["SocketSink", "sinks"]
 
 _BATCH_BYTES = 4 * 1024 * 1024
 _RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
+#: The largest message a worker takes from its listener: acknowledgements are a few bytes, LEVELS
+#: lists the loggers with a level of their own.
+_LISTENER_MESSAGE_LIMIT = 4 * 1024 * 1024
 _INSTALL_CONNECT_TIMEOUT = 2.0  # a listener busier than this at install is joined by the sender later
 _ACCEPTED, _DROPPED = _counts.ACCEPTED, _counts.DROPPED  # the hot path reads one global each
 
@@ -68,6 +71,7 @@ class SocketSink:
         self._sent = 0  # the last sequence number handed to the current connection
         self._acked = 0  # the last one the current connection's listener has handled
         self._acks = bytearray()
+        self._levels_update: dict[str, Any] | None = None  # LEVELS the listener sent, not applied yet
         self._sender: threading.Thread | None = None
         self._idle = False
         self._stalled = False  # a wait for room timed out, and no room has been made since
@@ -192,6 +196,10 @@ class SocketSink:
         with self._lock:
             if self._sock is None and self._pid == os.getpid():
                 self._connect(_INSTALL_CONNECT_TIMEOUT)
+            if self._sock is not None and self._sender is None and self._on_plan is not None:
+                # The sender also reads what the listener says while this process is idle: a level
+                # lowered there reaches a worker that has logged nothing yet (LEVELS).
+                self._start_sender()
             return self._sock is not None
 
     def flush(self, timeout: float | None) -> bool:
@@ -281,6 +289,12 @@ class SocketSink:
                     if not self._buffer:  # a caller may have appended before it saw _idle
                         self._work.wait(1.0)
                     self._idle = False
+                    if not self._buffer and self._sock is not None and self._on_plan is not None:
+                        break  # idle: read what the listener said (outside the lock), then wait again
+            if not self._buffer:
+                self._read_acks()
+                self._take_levels()
+                continue
             if self._sock is None and not self._connect():
                 with self._lock:
                     if self._closing:  # exiting with no listener to reach: give up at once
@@ -315,6 +329,7 @@ class SocketSink:
             self._progress.notify_all()  # room in the buffer for blocked callers
         if self._sock is not None:
             self._read_acks()  # whether to send whole records: as fresh as the listener said it
+            self._take_levels()
         try:
             frames = self._encode(batch, first, stamped, dropped)
         except Exception as exc:  # the sender thread must survive anything a record holds
@@ -334,6 +349,16 @@ class SocketSink:
             self._handed += len(batch)
             self._progress.notify_all()
 
+    def _take_levels(self) -> None:
+        """Apply the levels the listener last sent, if it sent new ones (on the sender's thread, with
+        no lock of ours held: setting a level takes logging's own lock)."""
+        update, self._levels_update = self._levels_update, None
+        if update is not None and self._on_plan is not None:
+            try:
+                self._on_plan(update)
+            except Exception as exc:
+                banner(f"could not apply the log listener's new levels: {exc!r}")
+
     def _read_acks(self) -> None:
         """Take in the listener's acknowledgements without waiting (the listener never waits either)."""
         sock = self._sock
@@ -351,7 +376,7 @@ class SocketSink:
         while len(acks) - offset >= _wire.HEADER.size:
             (size,) = _wire.HEADER.unpack_from(acks, offset)
             end = offset + _wire.HEADER.size + size
-            if size > 4096:  # not an acknowledgement: ignore the rest rather than trust it
+            if size > _LISTENER_MESSAGE_LIMIT:  # not the listener's: ignore the rest rather than trust it
                 acks.clear()
                 return
             if len(acks) < end:
@@ -361,6 +386,15 @@ class SocketSink:
             except _wire.FrameError:
                 message = None
             offset = end
+            if (
+                type(message) is tuple
+                and len(message) == 3
+                and message[0] == _wire.LEVELS
+                and type(message[1]) is dict
+                and type(message[2]) is list
+            ):
+                self._levels_update = {"levels": message[1], "disabled": message[2]}
+                continue
             if (
                 type(message) is tuple
                 and len(message) in (2, 3)

@@ -70,6 +70,7 @@ BATCH = 1
 BYE = 2
 ACK = 3
 CHECKPOINT = 4  # (CHECKPOINT, stamped, dropped, lost): a flush_worker_logging() that completed
+LEVELS = 5  # (LEVELS, levels, disabled): the listener's levels changed since this worker was told
 
 #: Extension codes: a string with lone surrogates (UTF-8, surrogatepass), and a container held by a
 #: record attribute (JSON text: string keys only, decoded by the stdlib's C scanner in linear time).

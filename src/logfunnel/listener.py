@@ -342,8 +342,8 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         return record
 
     def set_level(self, level: int | str) -> None:
-        """Skip records below *level*, from this process and from the workers (those that connect from
-        now on are told; those connected already keep the level they were given)."""
+        """Skip records below *level*, from this process and from the workers (told at connection, and
+        connected ones within about a second: ``SocketServing._push_levels``)."""
         self.level = check_level(level, "LogListener.set_level()")
         self._dispatcher.level = self.level
 
