@@ -32,6 +32,19 @@ def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def _send_from_a_stdlib_client(address: tuple[str, int], name: str) -> None:
+    """Log one WARNING, "from a real client", through a stdlib SocketHandler to *address*."""
+    sender = logging.handlers.SocketHandler(*address)
+    log = logging.getLogger(name)
+    log.propagate = False
+    log.addHandler(sender)
+    try:
+        log.warning("from a real client")
+    finally:
+        log.removeHandler(sender)
+        sender.close()
+
+
 def _log_then_fork_and_exit(handle: object) -> None:
     """A worker that logs, then forks a child that logs once and leaves through sys.exit(0)."""
     logfunnel.install_worker_logging(handle)
@@ -70,15 +83,7 @@ def test_idle_connections_at_the_limit_lock_real_socket_handlers_out_of_the_rece
         idle = [socket.create_connection((host, port)) for _ in range(8)]
         try:
             _wait_until(lambda: receiver.stats()["connections"] == 8)
-            sender = logging.handlers.SocketHandler(host, port)
-            log = logging.getLogger("review.receiver.idle")
-            log.propagate = False
-            log.addHandler(sender)
-            try:
-                log.warning("from a real client")
-            finally:
-                log.removeHandler(sender)
-                sender.close()
+            _send_from_a_stdlib_client((host, port), "review.receiver.idle")
             _wait_until(lambda: len(collect.records) >= 1)  # through Collect's lane
             assert [r.getMessage() for r in collect.records] == ["from a real client"]
             # The oldest silent connection made room, and says so in the figures.
@@ -185,11 +190,12 @@ def test_a_raising_filter_on_a_stream_handler_costs_every_lane_the_whole_batch()
 
 
 class _Formatted(logging.Handler):
-    """A listener-side handler that formats every record (asctime included) and keeps the lines."""
+    """A listener-side handler that formats every record with *fmt* and keeps the lines; a record it
+    cannot format is a formatting error for that record alone (handleError), as in one process."""
 
-    def __init__(self) -> None:
+    def __init__(self, fmt: str = "%(asctime)s %(levelname)s %(name)s %(message)s") -> None:
         super().__init__()
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        self.setFormatter(logging.Formatter(fmt))
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -215,37 +221,13 @@ def test_one_peer_record_with_a_non_finite_time_stalls_the_receivers_handler(fie
         with socket.create_connection(receiver.tcp_address) as peer:
             peer.sendall(struct.pack(">L", len(data)) + data)
         _wait_until(lambda: receiver.stats()["received"] + receiver.stats()["rejected"] == 1)
-        sender = logging.handlers.SocketHandler(*receiver.tcp_address)
-        log = logging.getLogger("review.receiver.client")
-        log.propagate = False
-        log.addHandler(sender)
-        try:
-            log.warning("from a real client")
-        finally:
-            log.removeHandler(sender)
-            sender.close()
+        _send_from_a_stdlib_client(receiver.tcp_address, "review.receiver.client")
         _wait_until(lambda: receiver.stats()["received"] + receiver.stats()["rejected"] == 2)
     stats = receiver.stats()
     assert [line.split(" ", 2)[2] for line in formatted.lines] == [
         "WARNING review.receiver.client from a real client"
     ]
     assert (stats["received"], stats["rejected"]) == (1, 1)
-
-
-class _NeedsUser(logging.Handler):
-    """A listener-side handler whose format needs %(user)s, as a stdlib user writes one: a record
-    without it is a formatting error for that record alone (handleError), as in one process."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(logging.Formatter("%(user)s %(message)s"))
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.lines.append(self.format(record))
-        except Exception:
-            self.handleError(record)
 
 
 def _log_one_without_user_then_five_with(handle: object) -> None:
@@ -259,7 +241,7 @@ def _log_one_without_user_then_five_with(handle: object) -> None:
 @pytest.mark.timeout(60)
 def test_one_record_that_fails_to_format_blocks_every_later_record_on_its_lane():
     """One record whose format fails (a missing extra) costs only itself: the 5 after it arrive."""
-    needs_user = _NeedsUser()
+    needs_user = _Formatted("%(user)s %(message)s")
     with logfunnel.start_listener(handlers=[logfunnel.Lane(needs_user, drain_timeout=1.0)]) as listener:
         process = multiprocessing.get_context("fork").Process(
             target=_log_one_without_user_then_five_with, args=(listener.queue,)
