@@ -17,7 +17,7 @@ from _gunicorn_run import Gunicorn
 from _need import need_module
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "gunicorn_app"
-REQUESTS = 120  # more than twice max_requests (50) for each of the 2 workers: they are recycled
+REQUESTS = 120  # more than 2 x 49: of 2 workers, at least one reaches max_requests (50) and is recycled
 
 
 @pytest.mark.timeout(90)
@@ -53,6 +53,8 @@ def test_gunicorn_example_delivers_every_line_once(tmp_path):
     assert len(access) == REQUESTS + 1
     assert Counter(re.search(r'"GET /(\S+) HTTP', line).group(1) for line in access)["r7"] == 1
     stderr = server.text("stderr.txt")
-    assert len(re.findall(r"\[INFO\] Autorestarting worker", stderr)) >= 2
+    # How many are recycled depends on how the kernel spreads connections over the workers (one may
+    # take 50 and its replacement and the other 71 between them): at least one always is.
+    assert len(re.findall(r"\[INFO\] Autorestarting worker", stderr)) >= 1
     assert stderr.count("Shutting down: Master") == 1
     assert "--- logfunnel" not in stderr

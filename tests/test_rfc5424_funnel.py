@@ -72,6 +72,11 @@ def test_procid_is_each_workers_pid(rsyslog, method):
     assert str(os.getpid()) not in {m["procid"] for m in messages}
 
 
+#: Records that may sit unread in rsyslog's socket when it is stopped: 4 workers x 25 (half a second of
+#: log_paced at 0.02 s a record).
+UNREAD_AT_STOP = 100
+
+
 def _outage(server: Rsyslog, handler: RFC5424Handler, count: int, outage: float) -> tuple[int, int]:
     """4 forked workers log *count* records each while *server* is stopped for *outage* s and started
     again; return (records produced, the largest backlog seen)."""
@@ -122,7 +127,12 @@ def test_tcp_outage_loses_at_most_what_the_kernel_had_accepted(rsyslog, capacity
     assert max(seen.values()) == 1, "a record arrived twice"
     assert (stats["emitted"], stats["backlog"], stats["unconfirmed"], stats["failed"]) == (produced, 0, 0, 0)
     assert produced == stats["handled"] + stats["dropped"] + stats["possibly_lost"]
-    assert stats["handled"] <= len(seen) <= stats["handled"] + stats["possibly_lost"]
+    assert len(seen) <= stats["handled"] + stats["possibly_lost"]
+    # TCP's own limit (README, "What each transport promises"; RELP is the cure): bytes rsyslog's
+    # kernel had acknowledged but rsyslog had not read when SIGTERM closed its socket are lost with no
+    # sign a sender can see. That is a few records, at most what the 4 workers log in half a second
+    # around the stop (seen: 0 to 3 of 2,400).
+    assert len(seen) >= stats["handled"] - UNREAD_AT_STOP
     assert peak <= capacity
     if capacity < produced:
         assert stats["dropped"] > 0
