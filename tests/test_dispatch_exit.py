@@ -21,8 +21,14 @@ from logfunnel import Lane
 SRC = str(Path(logfunnel.__file__).resolve().parent.parent)
 
 LISTENER_NEVER_STOPPED = """
-import logging, logging.handlers, sys
+import logging, logging.handlers, sys, time
+import psutil
 import logfunnel
+
+def connected_to(port):
+    me = psutil.Process()
+    connections = getattr(me, "net_connections", None) or me.connections
+    return any(c.raddr and c.raddr.port == port for c in connections(kind="tcp"))
 
 def main():
     http = logging.handlers.HTTPHandler(sys.argv[1], "/log", method="POST")
@@ -31,6 +37,11 @@ def main():
     for i in range(20):
         logging.getLogger("app").warning("record %d", i)
     assert logfunnel.flush_worker_logging(10)
+    # Return only once the lane's HTTPHandler is inside the black hole (a loaded machine may not
+    # have scheduled its first emit yet): the exit must then get past a handler really stuck.
+    deadline = time.monotonic() + 30
+    while not connected_to(int(sys.argv[1].rsplit(":", 1)[1])) and time.monotonic() < deadline:
+        time.sleep(0.05)
     print("main returns", flush=True)
 
 main()  # and returns without stopping anything
