@@ -236,6 +236,22 @@ def parent_cpu_seconds() -> float:
     return times.user + times.system
 
 
+def finish_checks(res: dict, lines: int, cpu0: float, stats=None) -> dict:
+    """Complete *res* (a run_timed_pool result): the parent's CPU per record since *cpu0*, the line
+    count against the records, and *stats* (a logfunnel listener's, if any) checked for exactness."""
+    res["parent_cpu_us_per_record"] = (parent_cpu_seconds() - cpu0) / res["records"] * 1e6
+    res.pop("finish_result", None)
+    res["lines"], res["expected_lines"] = lines, res["records"]
+    problems = res.setdefault("problems", [])
+    if isinstance(stats, dict):
+        if stats.get("received") != res["records"]:
+            problems.append(f"stats received={stats.get('received')}")
+        for key in ("dropped", "lost", "lines_lost"):
+            if stats.get(key):
+                problems.append(f"stats {key}={stats.get(key)}")
+    return res
+
+
 # --------------------------------------------------------------------------
 # running variants, summarizing, output
 # --------------------------------------------------------------------------

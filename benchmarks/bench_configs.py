@@ -185,18 +185,7 @@ def _setup_loguru(wid):
 
 
 def _finish_run(res, folder, cpu0, stats=None):
-    res["parent_cpu_us_per_record"] = (C.parent_cpu_seconds() - cpu0) / res["records"] * 1e6
-    res.pop("finish_result", None)
-    lines = _count_lines(folder)
-    res["lines"], res["expected_lines"] = lines, res["records"]
-    problems = res.setdefault("problems", [])
-    if isinstance(stats, dict):
-        if stats.get("received") != res["records"]:
-            problems.append(f"stats received={stats.get('received')}")
-        for key in ("dropped", "lost", "lines_lost"):
-            if stats.get(key):
-                problems.append(f"stats {key}={stats.get(key)}")
-    return res
+    return C.finish_checks(res, _count_lines(folder), cpu0, stats)
 
 
 def run_logfunnel(config, args, _r):

@@ -44,15 +44,7 @@ def _setup_cookbook(queue, wid):
 
 
 def _check(res, path, cpu0, stats=None):
-    res["parent_cpu_us_per_record"] = (C.parent_cpu_seconds() - cpu0) / res["records"] * 1e6
-    res.pop("finish_result", None)
-    res["lines"], res["expected_lines"] = C.count_lines(path), res["records"]
-    problems = res.setdefault("problems", [])
-    if isinstance(stats, dict):
-        for key in ("dropped", "lost", "lines_lost"):
-            if stats.get(key):
-                problems.append(f"stats {key}={stats.get(key)}")
-    return res
+    return C.finish_checks(res, C.count_lines(path), cpu0, stats)
 
 
 def run_logfunnel(workers, args, _r):
