@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -289,3 +290,53 @@ def test_defaults_loss_report_goes_to_gunicorns_error_log(defaults_run):
     assert len(reports) == 1
     assert re.match(rf"^\[[^]]+\] \[\d+\] \[WARNING\] process \d+ \(\w+\) vanished with {HELD} ", reports[0])
     assert not [line for line in defaults_run["stderr"] if "--- logfunnel" in line]
+
+
+# -- a stop signal while a worker boots ------------------------------------------------------------
+
+SLOW_BOOT = """
+import logging
+import os
+import time
+
+import logfunnel.integrations.gunicorn as logfunnel_gunicorn
+from logfunnel.integrations.gunicorn import *  # noqa: F403
+
+workers = 1
+graceful_timeout = 60
+control_socket_disable = True
+
+
+def post_fork(server, worker):  # the user's hook, chained to ours; slow as on a loaded machine
+    logfunnel_gunicorn.post_fork(server, worker)
+    open("booting-%d" % os.getpid(), "w").close()
+    time.sleep(3)
+    logging.getLogger("app").warning("booted %d", os.getpid())
+"""
+
+
+def test_sigterm_while_a_worker_boots_stops_it_at_once(tmp_path):
+    """Until gunicorn's worker sets its own handlers (after post_fork) a SIGTERM would be lost, and the
+    master would wait graceful_timeout (60 s here) and SIGKILL the worker: the worker stops at once, as
+    it would after booting, and its records arrive."""
+    need_module("gunicorn", "gunicorn (the test extra)")
+    (tmp_path / "gunicorn.conf.py").write_text(SLOW_BOOT)
+    server = Gunicorn(tmp_path, args=("-b", "127.0.0.1:0"), error_log="stderr.txt")
+    try:
+        server.start()
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob("booting-*")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (marker,) = tmp_path.glob("booting-*")
+        pid = int(marker.name.split("-")[1])
+        started = time.monotonic()
+        code = server.stop(timeout=40)
+        took = time.monotonic() - started
+        stderr = server.text("stderr.txt")
+        assert code == 0, stderr[-3000:]
+        assert took < 30, f"the master waited {took:.0f} s for the booting worker:\n{stderr[-3000:]}"
+        assert f"booted {pid}\n" in stderr  # lastResort in the manager: the bare message
+        assert f"Worker exiting (pid: {pid})" in stderr
+        assert "SIGKILL" not in stderr
+    finally:
+        server.cleanup()

@@ -11,6 +11,9 @@ The star import brings the server hooks gunicorn looks for in its config module:
   single-threaded as gunicorn made it and its forks stay safe.
 - ``post_fork`` (each worker): ``install_worker_logging`` to the manager. Installing there, never at
   import, is what makes ``--preload`` work: a thread or socket made at import would be the master's.
+  Until gunicorn's worker sets its own signal handlers (after ``post_fork``), a stop signal would
+  reach the master's handler copy and be lost, and the master would wait ``graceful_timeout`` and
+  SIGKILL the worker; ``post_fork`` first sets handlers that stop the worker as gunicorn's would.
 - ``worker_exit`` (a worker's last hook) and ``worker_abort`` (``--timeout``'s SIGABRT) flush;
   the worker's exit hooks then say goodbye. A worker SIGKILLed has its loss counted by the manager.
 - ``on_reload`` (``HUP``): gunicorn has applied the new configuration; a new manager is forked
@@ -31,6 +34,7 @@ import logging
 import logging.handlers
 import multiprocessing.process
 import os
+import signal
 import sys
 from typing import Any
 
@@ -267,12 +271,34 @@ def on_reload(server: Any) -> None:
         old.stop()
 
 
+def _catch_early_stop(worker: Any) -> None:
+    """Stop *worker* on a stop signal that comes before gunicorn's ``init_signals``.
+
+    From the fork until then the worker runs the master's signal handler, which only queues the
+    signal for a master loop this process never runs: a SIGTERM sent then (a deploy, a scale-down,
+    a stop while a replacement boots) is lost, the worker serves on, and the master waits
+    ``graceful_timeout`` and SIGKILLs it, with its records. Joining the manager makes that window
+    longer on a loaded machine, so this handler, set first, does what gunicorn's ``handle_exit``
+    does: the worker leaves its loop as soon as it enters it, through ``worker_exit`` as usual.
+    """
+
+    def stop_early(signum: int, frame: Any) -> None:
+        worker.alive = False
+
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        try:
+            signal.signal(number, stop_early)
+        except (ValueError, OSError):  # not the main thread (a custom arbiter): leave gunicorn's way
+            return
+
+
 def post_fork(server: Any, worker: Any) -> None:
     """Worker: join the manager. The master's handlers are given back first, and then taken off
     every logger by ``install_worker_logging``, so that each record is sent once, by this process."""
     master = _master
     if master is None or master.manager is None:
         return
+    _catch_early_stop(worker)
     # A raw os.fork keeps multiprocessing's list of the master's children; at this worker's exit its
     # atexit handler would SIGTERM the daemonic ones and fail on "can only join a child process".
     for module in (multiprocessing.process, sys.modules.get("multiprocess.process")):
