@@ -49,7 +49,8 @@ def test_celery_example_writes_celery_formats_through_the_manager(tmp_path):
         left = _left_behind(data)
         for pid in left:
             psutil.Process(pid).kill()
-    assert result.returncode == 0, result.stderr[-3000:]
+    log = (data / "worker.log").read_text() if (data / "worker.log").exists() else ""
+    assert result.returncode == 0, f"{result.stderr[-3000:]}\n--- worker.log:\n{log[-5000:]}"
     assert result.stdout.splitlines()[-1] == f"6 task records in {data / 'worker.log'}"
     lines = (data / "worker.log").read_text().splitlines()
     tasks = [m.groups() for m in map(TASK_LINE.match, lines) if m]
