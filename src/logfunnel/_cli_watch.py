@@ -211,6 +211,17 @@ def add_rates(current: dict[str, Any], previous: dict[str, Any] | None) -> dict[
     return current
 
 
+# Control characters (C0 but tab and newline, DEL, C1) as the text "\x1b": what a worker or a peer put
+# in a record or its process name must not move a terminal's cursor, retitle it or clear it.
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))}
+_CONTROLS_AND_NEWLINES = {**_CONTROLS, 0x0A: "\\n"}
+
+
+def printable(text: str, newlines: bool = True) -> str:
+    """*text* with its control characters written out (``\\x1b``); newlines kept if *newlines*."""
+    return text.translate(_CONTROLS if newlines else _CONTROLS_AND_NEWLINES)
+
+
 def _n(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else "-"
 
@@ -228,7 +239,8 @@ def render_table(stats: dict[str, Any], width: int | None = None, height: int | 
     cpu_text = f"{cpu:.1f} %" if isinstance(cpu, float) else "-"
     thread_text = f"{thread:.1f} %" if isinstance(thread, float) else "-"
     lines = [
-        f"logfunnel listener {listener.get('address') or ''}  pid {listener.get('pid')}  "
+        f"logfunnel listener {printable(str(listener.get('address') or ''), newlines=False)}  "
+        f"pid {listener.get('pid')}  "
         f"cpu {cpu_text} (its thread {thread_text}; {float(listener.get('cpu', 0.0)):.2f} s in all)  "
         f"memory {_mb(listener.get('rss'))}",
         f"processes {len(processes)} ({connected} connected)  received {_n(stats.get('received'))}  "
@@ -248,7 +260,7 @@ def render_table(stats: dict[str, Any], width: int | None = None, height: int | 
     for p in shown:
         rate = p.get("rate")
         rate_text = f"{rate:,.0f}" if isinstance(rate, (int, float)) else "-"
-        name = str(p.get("name", ""))[:24]
+        name = printable(str(p.get("name", "")), newlines=False)[:24]
         lines.append(
             f"{p.get('pid', 0):>8}  {name:<24} {p.get('state', '')!s:<10} {rate_text:>10} "
             f"{_n(p.get('received')):>12} {_n(p.get('dropped')):>9} {_n(p.get('lost')):>7}"
@@ -263,8 +275,9 @@ def render_table(stats: dict[str, Any], width: int | None = None, height: int | 
             f"{'LANE':<34} {'STATE':<10} {'BACKLOG':>9} {'FAILED':>8} {'DROPPED':>9} {'HANDLED':>12}"
         )
         for lane in lanes:
+            lane_name = printable(str(lane.get("name", "")), newlines=False)[:34]
             lines.append(
-                f"{str(lane.get('name', ''))[:34]:<34} {lane.get('state', '')!s:<10} "
+                f"{lane_name:<34} {lane.get('state', '')!s:<10} "
                 f"{_n(lane.get('backlog')):>9} {_n(lane.get('failed')):>8} {_n(lane.get('dropped')):>9} "
                 f"{_n(lane.get('handled')):>12}"
             )
@@ -375,6 +388,9 @@ def tail_command(
         which = f"level {logging.getLevelName(level)} and above" + (f", logger {logger!r}" if logger else "")
         err.write(f"logfunnel tail: following {control.address} ({which}); Ctrl-C to stop\n")
         err.flush()
+        # On a terminal, a record's control characters are written out; piped, its text is as it is.
+        isatty = getattr(out, "isatty", None)
+        clean = printable if callable(isatty) and isatty() else str
         dropped = 0
         while True:
             try:
@@ -405,7 +421,7 @@ def tail_command(
                     except Exception as exc:
                         text.append(f"[--format failed for a record of {entry[3]!r}: {exc!r}] {entry[11]}")
             if text:
-                out.write("\n".join(text) + "\n")
+                out.write(clean("\n".join(text)) + "\n")
                 out.flush()
     except KeyboardInterrupt:
         return 0
