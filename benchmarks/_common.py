@@ -140,11 +140,15 @@ def _worker_main(setup, wid, n_records, ready, go, lat_path):
     ready.wait(SETUP_TIMEOUT)
     if not go.wait(SETUP_TIMEOUT):
         raise SystemExit("worker %d: never released" % wid)
+    cpu0 = time.process_time()
     lat = emit_records(logger, n_records)
     if finish is not None:
         finish()
+    cpu = time.process_time() - cpu0  # every thread of this worker: its sender's rendering included
     with open(lat_path, "wb") as f:
         lat.tofile(f)
+    with open(lat_path + ".cpu", "w") as f:
+        f.write(repr(cpu))
     _write_rss(lat_path + ".rss")
 
 
@@ -211,7 +215,12 @@ def run_timed_pool(
                 p.join(5)
     lats = []
     rss = []
+    cpu = 0.0
     for path in lat_paths:
+        if os.path.exists(path + ".cpu"):
+            with open(path + ".cpu") as f:
+                cpu += float(f.read() or 0)
+            os.unlink(path + ".cpu")
         arr = array.array("q")
         with open(path, "rb") as f:
             arr.frombytes(f.read())
@@ -226,6 +235,8 @@ def run_timed_pool(
         "records": n_workers * n_records,
         "latency": latency_stats(lats),
         "worker_rss_mb": max(rss) / 2**20 if rss else None,
+        # the workers' CPU from their release to their last flush, per record (all workers summed)
+        "worker_cpu_us_per_record": cpu / (n_workers * n_records) * 1e6,
         "finish_result": finish_result,
     }
 

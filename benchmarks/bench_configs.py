@@ -361,7 +361,9 @@ def main(argv=None):
         for name, fn in variants_for(config, wanted).items():
             variants[f"{config}/{name}"] = functools.partial(fn, config, args)
     runs = C.run_interleaved(variants, args.repeat)
-    results = C.add_medians(C.summarize(runs), runs, ("parent_cpu_us_per_record", "worker_rss_mb"))
+    results = C.add_medians(
+        C.summarize(runs), runs, ("parent_cpu_us_per_record", "worker_cpu_us_per_record", "worker_rss_mb")
+    )
     print()
     table = config_table(results, configs)
     print(table)
@@ -389,8 +391,8 @@ def config_table(results: dict, configs: list[str]) -> str:
     base = results.get("file/logfunnel", {}).get("records_per_s")
     rows = [
         "| configuration | logfunnel | cookbook | ratio | vs file | mplog | loguru "
-        "| CPU us/rec (lf / cb) | worker RSS MB (lf / cb) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| parent CPU us/rec (lf / cb) | workers' CPU us/rec (lf / cb) | worker RSS MB (lf / cb) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def rate(key: str) -> str:
@@ -408,11 +410,13 @@ def config_table(results: dict, configs: list[str]) -> str:
         versus = f"{lf / base:.0%}" if lf and base else "-"
         cpu = f"{num(f'{config}/logfunnel', 'parent_cpu_us_per_record', '.1f')} / "
         cpu += num(f"{config}/cookbook", "parent_cpu_us_per_record", ".1f")
+        wcpu = f"{num(f'{config}/logfunnel', 'worker_cpu_us_per_record', '.1f')} / "
+        wcpu += num(f"{config}/cookbook", "worker_cpu_us_per_record", ".1f")
         rss = f"{num(f'{config}/logfunnel', 'worker_rss_mb', '.0f')} / "
         rss += num(f"{config}/cookbook", "worker_rss_mb", ".0f")
         rows.append(
             f"| {config} | {rate(f'{config}/logfunnel')} | {rate(f'{config}/cookbook')} | {ratio} "
-            f"| {versus} | {rate(f'{config}/mplog')} | {rate(f'{config}/loguru')} | {cpu} | {rss} |"
+            f"| {versus} | {rate(f'{config}/mplog')} | {rate(f'{config}/loguru')} | {cpu} | {wcpu} | {rss} |"
         )
     return "\n".join(rows)
 
