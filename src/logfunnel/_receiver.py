@@ -48,7 +48,8 @@ MAX_CONNECTIONS = 256  # TCP connections at once; one more is closed as soon as 
 # -- delivering a record -------------------------------------------------------------------------------
 
 
-def _existing_logger(name: str) -> logging.Logger:
+def existing_logger(name: str) -> logging.Logger:
+    """The logger named *name*, else its nearest existing ancestor (the root at last); creates none."""
     loggers = logging.Logger.manager.loggerDict
     while name:
         found = loggers.get(name)
@@ -107,7 +108,7 @@ class LogReceiver(ReceiverServing):
             checked or None,
             level=level,
             respect_handler_level=respect_handler_level,
-            find_logger=_existing_logger,
+            find_logger=existing_logger,
         )
         self.deliver: Callable[[logging.LogRecord], None] = self._dispatcher.handle_record
         self.max_frame = max_frame

@@ -2,7 +2,9 @@
 
 ``serve(config)`` configures this process's logging from the file (``_configfile``), starts a listener
 in routed mode (each received record goes through that configuration, as in one process) and the
-receiver when the file asks for one, writes the state file (``_host``) and waits: ``SIGHUP`` reopens
+receiver when the file asks for one (its records enter the listener as a worker's do, so the same
+routing and levels apply, and ``logfunnel stats`` and ``tail`` see them), writes the state file
+(``_host``) and waits: ``SIGHUP`` reopens
 every log file that was moved or removed (logrotate), ``SIGTERM``/``SIGINT`` drain and exit 0 with a
 one-line summary. It holds the state file's serve lock for its whole life, so a second serve for the
 same state file refuses to start, and a joiner can tell a live serve from a dead one's leftovers.
@@ -158,10 +160,28 @@ def _join_text(handle: QueueHandle, state: Path, receiver: Any) -> str:
     return "\n".join(lines)
 
 
+class _LoggerLevels(logging.Filter):
+    """What ``Logger.handle`` checks, for a received record, before the funnel takes it (as a worker's
+    logger does before its record is sent): its logger's level and ``disabled``. A name no logger has
+    is judged by its nearest existing ancestor, so a peer cannot make this process create loggers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ._receiver import existing_logger
+
+        logger = existing_logger(record.name)
+        if logger.disabled and logger.name == record.name:
+            return False
+        return logger.isEnabledFor(record.levelno)
+
+
 def _summary(stop: str, seconds: float, stats: dict[str, Any], received_stdlib: int | None) -> str:
-    processes = len(stats["processes"]) + stats["folded_processes"]
+    # The receiver's records reach the listener through this process's own connection: they are
+    # counted as the stdlib clients', not as one more process's.
+    own = [p for p in stats["processes"] if p.get("pid") == os.getpid()]
+    processes = len(stats["processes"]) - len(own) + stats["folded_processes"]
+    received = stats["received"] - sum(int(p.get("received", 0)) for p in own)
     text = (
-        f"{_PROG}: stopped by {stop} after {seconds:.1f} s: {stats['received']} records received from "
+        f"{_PROG}: stopped by {stop} after {seconds:.1f} s: {received} records received from "
         f"{_count(processes, 'process')}, {stats['dropped']} dropped, {stats['lost']} lost"
     )
     if received_stdlib is not None:
@@ -236,7 +256,7 @@ def _run(loaded: _configfile.FileConfig, state: Path) -> int:
 
     signals = _Signals()  # first, so that a SIGTERM during start-up is not the default (death)
     started = time.monotonic()
-    listener = receiver = None
+    listener = receiver = funnel = None
     try:
         try:
             _configfile.apply(loaded)
@@ -248,8 +268,15 @@ def _run(loaded: _configfile.FileConfig, state: Path) -> int:
             listener = start_listener(level=loaded.level, address=address, allow_remote=loaded.allow_remote)
             if loaded.receiver:
                 from ._receiver import start_receiver
+                from .worker import FunnelHandler
 
+                # The stdlib clients' records enter the listener as a worker's do: through its
+                # routing and levels, seen by `logfunnel stats` and `tail`. A listener that cannot
+                # keep up holds the receiver back (and so the clients' sockets), dropping nothing.
+                funnel = FunnelHandler(listener.queue, on_full="block", block_timeout=60.0)
+                funnel.addFilter(_LoggerLevels())
                 receiver = start_receiver(
+                    [funnel],
                     tcp=loaded.receiver.get("tcp"),
                     udp=loaded.receiver.get("udp"),
                     allow_remote=loaded.allow_remote,
@@ -277,6 +304,8 @@ def _run(loaded: _configfile.FileConfig, state: Path) -> int:
         if receiver is not None:
             receiver.stop()
             stats_stdlib = int(receiver.stats()["received"])
+        if funnel is not None:
+            funnel.close()  # what the receiver handed over reaches the listener, then goodbye
         listener.stop()
         _host.remove_state(state, os.getpid())
         stats = listener.stats()
@@ -286,6 +315,8 @@ def _run(loaded: _configfile.FileConfig, state: Path) -> int:
     finally:
         if receiver is not None:
             receiver.stop()
+        if funnel is not None:
+            funnel.close()
         if listener is not None:
             listener.stop()
         _host.remove_state(state, os.getpid())
