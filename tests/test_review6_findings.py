@@ -65,7 +65,6 @@ logging.getLogger("app").info("from main")
 """
 
 
-@pytest.mark.xfail(strict=True, reason="the funnel stops (listener atexit) before earlier atexit hooks log")
 @pytest.mark.timeout(60)
 def test_record_logged_by_an_earlier_atexit_hook_is_not_lost(tmp_path):
     """A record logged by an atexit hook registered before the funnel's dictConfig is written."""
@@ -91,7 +90,6 @@ logging.getLogger("app").info("the only line")
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="the QueueHandler 'listener' form is 3.12+")
-@pytest.mark.xfail(strict=True, reason="the QueueHandler form loses a record logged just before exit")
 @pytest.mark.timeout(60)
 def test_queue_handler_form_keeps_the_last_line_of_a_short_program(tmp_path):
     """Through the 3.12+ QueueHandler form, a program that logs one line and returns has it in the file."""

@@ -11,9 +11,12 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import threading
+import weakref
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["at_exit"]
+__all__ = ["CleanUp", "at_exit"]
 
 _registered: set[tuple[int, Callable[[], None]]] = set()
 
@@ -42,3 +45,28 @@ def at_exit(callback: Callable[[], None]) -> None:
             for f in list(registry.values())
         ):
             util.Finalize(None, callback, exitpriority=-100)
+
+
+class CleanUp:
+    """``func(*args)``, called once: by the first caller, or when *owner* is garbage collected.
+
+    ``weakref.finalize`` alone will not do for what must run at exit after ours: its own exit hook,
+    registered when the first finalizer is made (often after our hooks, so it runs before them),
+    runs those marked ``atexit`` and then disables every other finalizer for good.
+    """
+
+    def __init__(self, owner: object, func: Callable[..., Any], *args: Any) -> None:
+        self._call: tuple[Callable[..., Any], tuple[Any, ...]] | None = (func, args)
+        self._lock = threading.Lock()
+        weakref.finalize(owner, self).atexit = False  # holds this object, never *owner*
+
+    def __call__(self) -> None:
+        with self._lock:
+            call, self._call = self._call, None
+        if call is not None:
+            call[0](*call[1])
+
+    def detach(self) -> None:
+        """Never call it (a fork child's copy of its parent's clean-up)."""
+        with self._lock:
+            self._call = None

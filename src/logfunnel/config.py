@@ -121,6 +121,16 @@ class ConfiguredFunnelHandler(FunnelHandler):
                 self.listener.check_owned()
         return bool(super().handle(record))
 
+    def emit(self, record: logging.LogRecord) -> None:
+        target = self.listener
+        if isinstance(target, FunnelListener) and target.stopped_at_exit and target.owner == os.getpid():
+            try:
+                target.handle_late(self.prepare(record))
+            except Exception:
+                self.handleError(record)
+            return
+        super().emit(record)
+
 
 class FunnelListener(LogListener):
     """A ``LogListener`` for ``dictConfig``: it starts when it is made and serves two sources.
@@ -199,6 +209,22 @@ class FunnelListener(LogListener):
             if isinstance(handler, FunnelHandler):
                 handler._sink.close(timeout)  # noqa: SLF001  (ship, say goodbye, hang up)
         super().stop(timeout)
+
+    @property
+    def owner(self) -> int:
+        """The pid of the process that made this listener (a fork child has a copy that is not its)."""
+        return self._owner
+
+    def handle_late(self, record: logging.LogRecord) -> None:
+        """Write a record this process logs after the exit hook stopped the listener: one from an
+        ``atexit`` hook registered before logfunnel's (a library's last words). Its handlers are
+        still open until ``logging.shutdown``, which runs after every such hook, so they write it
+        here and now, on the caller's thread, as they would in one process."""
+        if record.levelno < self.level:
+            return
+        for handler in self.owned:
+            if not self.respect_handler_level or record.levelno >= handler.level:
+                handler.handle(record)
 
     def check_owned(self) -> None:
         """Say on stderr, once, if a handler this listener owns is also on a logger (lines twice)."""

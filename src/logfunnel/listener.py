@@ -28,6 +28,7 @@ from typing import Any
 from . import _counts, _wire, worker
 from ._checks import check_address, check_handlers, check_level
 from ._dispatch import Dispatcher, _write_lines
+from ._exit import CleanUp
 from ._handling import banner
 from ._processes import _Process
 from ._serving import SocketServing, _Connection
@@ -44,6 +45,7 @@ __all__ = ["LogListener", "start_listener"]
 #: How long a listener left running drains at interpreter exit before it gives up.
 EXIT_DRAIN_TIMEOUT = 5.0
 _running: weakref.WeakSet[LogListener] = weakref.WeakSet()
+_made: weakref.WeakSet[LogListener] = weakref.WeakSet()  # every listener made, for its files at exit
 
 
 def _release(
@@ -70,7 +72,10 @@ def _stop_running() -> None:
     # A listener started and never stopped still handles what its workers sent before exit.
     for listener in list(_running):
         if listener._owner == os.getpid():  # noqa: SLF001
+            listener.stopped_at_exit = True
             listener.stop(timeout=EXIT_DRAIN_TIMEOUT)
+    for listener in list(_made):  # never started, or stopped: its socket file and folders
+        listener._cleanup()  # noqa: SLF001
 
 
 atexit.register(_stop_running)
@@ -144,13 +149,17 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
                 )
             self.queue = QueueHandle(self.address, self._authkey, self._counts_dir)
         # Whatever happens to this object (never started, never stopped, start() failed), its socket
-        # file and private folder go when it does, or at the latest when the interpreter exits.
+        # file and private folder go when it does, or at the latest when the interpreter exits: then
+        # from _stop_running, after the listener stopped (not from weakref's exit hook, which may
+        # run before ours and take the socket from a worker in this process not yet connected).
         self._owner = os.getpid()
-        self._cleanup = weakref.finalize(
+        self._cleanup = CleanUp(
             self, _release, self._server, self._private_dir, self.address, self._owner, self._counts_dir
         )
+        _made.add(self)
         self._state = "new"
         self._stopping = False
+        self.stopped_at_exit = False  # stopped by the exit hook, before logging.shutdown closes handlers
         self._processes: dict[tuple[int, bytes], _Process] = {}
         self._connections: dict[int, _Connection] = {}
         self._queue_processes: dict[int, _Process] = {}

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._checks import check_address, check_handlers, check_level
+from ._exit import CleanUp
 from ._handling import banner
 from ._lanes import Lane, _Intercept
 from ._transport import QueueHandle, Saved, publish, withdraw
@@ -319,7 +320,7 @@ class LogManager:
         self._final: dict[str, Any] | None = None
         self._saved_env: Saved | None = None
         self._requests = 0
-        self._private_dir: weakref.finalize[Any, Any] | None = None
+        self._private_dir: CleanUp | None = None
         self.pid: int | None = None
 
     @property
@@ -340,8 +341,8 @@ class LogManager:
             # The folder of the private socket is made and removed here, in the parent, so that it
             # goes even when the manager process is killed, or dies before it could listen.
             private = tempfile.mkdtemp(prefix="logfunnel-")  # mode 0700
-            self._private_dir = weakref.finalize(self, shutil.rmtree, private, ignore_errors=True)
-            self._private_dir.atexit = False  # _stop_all() removes it after the manager has drained
+            # Removed by stop() (at exit, _stop_all()), after the manager has drained.
+            self._private_dir = CleanUp(self, shutil.rmtree, private, True)
             address = f"unix:{os.path.join(private, 'listener.sock')}"
         try:
             ctx = multiprocess.get_context(self.start_method)
