@@ -182,9 +182,6 @@ def test_relp_message_refused_by_the_server_is_not_resent_in_a_tight_loop():
 # -- gunicorn -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="manager_stats() raises once a manager died, failing the user's on_exit"
-)
 @pytest.mark.timeout(120)
 def test_gunicorn_exits_0_after_its_log_manager_was_killed(tmp_path):
     """A gunicorn whose LogManager was SIGKILLed stops with status 0 (its on_exit as the README has it)."""

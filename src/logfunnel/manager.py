@@ -318,6 +318,7 @@ class LogManager:
         self._owner = os.getpid()
         self._lock = threading.Lock()
         self._final: dict[str, Any] | None = None
+        self._died = False  # it had died when stop() came
         self._saved_env: Saved | None = None
         self._requests = 0
         self._private_dir: CleanUp | None = None
@@ -406,6 +407,19 @@ class LogManager:
             self._private_dir()
             self._private_dir = None
 
+    def _ended(self, timeout: float) -> bool:
+        """Whether the manager process has ended within *timeout* s (its sentinel, which a reap by
+        someone else does not hide, unlike ``is_alive()``)."""
+        import multiprocess.connection
+
+        process = self._process
+        if process is None:
+            return True
+        try:
+            return bool(multiprocess.connection.wait([process.sentinel], timeout))
+        except (OSError, ValueError):
+            return not process.is_alive()
+
     def stats(self, timeout: float = 10.0) -> dict[str, Any]:
         """The listener's figures, fetched from the manager, with its own health under ``manager``:
         ``pid``, ``rss``, ``cpu_percent`` and ``records_per_second`` (over the last 5 s, or since the
@@ -414,6 +428,10 @@ class LogManager:
         (every lane's figures, as in ``LogListener.stats()``)."""
         if self._final is not None:
             return self._final
+        if self._died:
+            raise RuntimeError(
+                f"the log manager (pid {self.pid}) died before it was stopped; its figures are lost"
+            )
         if self._conn is None:
             raise RuntimeError("the LogManager is not running")
         with self._lock:
@@ -465,11 +483,20 @@ class LogManager:
                         break
             except (EOFError, OSError):
                 pass  # it is already gone
-            self._process.join(timeout if timeout is not None else 30)
-            if self._process.is_alive():
+            wait = timeout if timeout is not None else 30
+            if self._final is None and self._ended(0.5):
+                # It died before it was stopped (killed, OOM); someone else may have reaped it (a
+                # gunicorn master reaps every child), so join() would wait in vain and its pid may be
+                # another process's already: it is neither waited for nor killed.
+                self._died = True
+                banner(
+                    f"the log manager (pid {self.pid}) had died before it was stopped: records it had "
+                    "received and not yet written are lost (the workers report what they could not send)"
+                )
+            elif not self._ended(wait):
                 banner(f"the log manager (pid {self.pid}) did not exit; killing it")
                 self._process.kill()
-                self._process.join(5)
+            self._process.join(0.1 if self._died else 5)
             self._conn.close()
             self._conn = None
             if self._private_dir is not None:

@@ -348,8 +348,26 @@ def on_exit(server: Any) -> None:
 
 
 def manager_stats() -> list[dict[str, Any]]:
-    """The figures of every manager this master started, oldest first (final once it stopped)."""
+    """The figures of every manager this master started, oldest first (final once it stopped).
+
+    A manager that died (killed, OOM) has lost its figures: its entry says so under ``error``, with
+    ``received``, ``dropped`` and ``lost`` None, so an ``on_exit`` that prints them still works.
+    """
     master = _in_master()
     if master is None:
         return []
-    return [manager.stats() for manager in master.managers]
+    figures = []
+    for manager in master.managers:
+        try:
+            figures.append(manager.stats())
+        except (RuntimeError, TimeoutError) as exc:
+            figures.append(
+                {
+                    "manager": {"pid": manager.pid},
+                    "error": str(exc),
+                    "received": None,
+                    "dropped": None,
+                    "lost": None,
+                }
+            )
+    return figures
