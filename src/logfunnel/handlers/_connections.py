@@ -55,6 +55,11 @@ class Connection(abc.ABC):
         """True if the peer has closed or reset the connection (checked without blocking)."""
         return False
 
+    def take_refused(self) -> tuple[int, str]:
+        """How many more messages the peer refused outright (RELP's 500) since the last call, and
+        what it said: they are never sent again."""
+        return 0, ""
+
     def salvage(self) -> tuple[list[bytes], int, int]:
         """After a failure: (messages to send again, oldest first; how many may be lost; how many of
         those to send again may arrive twice)."""
@@ -239,11 +244,12 @@ class RelpLink(Connection):
         )
         self.sent = 0  # messages handed to send()
         self.delivered = 0
+        self._refused_seen = 0
         self._failed = False
 
     @property
     def unconfirmed(self) -> int:
-        return self.sent - self.delivered
+        return self.sent - self.delivered - len(self.conn.refused())
 
     def send(self, batch: list[bytes]) -> None:
         self.sent += len(batch)
@@ -262,9 +268,14 @@ class RelpLink(Connection):
 
     def confirm(self) -> int:
         # also after a failure: acknowledgements read before it count (pending() stays exact)
-        delivered = self.sent - len(self.conn.pending())
+        delivered = self.sent - len(self.conn.pending()) - len(self.conn.refused())
         confirmed, self.delivered = delivered - self.delivered, delivered
         return confirmed
+
+    def take_refused(self) -> tuple[int, str]:
+        refused = len(self.conn.refused())
+        new, self._refused_seen = refused - self._refused_seen, refused
+        return new, self.conn.last_refusal
 
     def broken(self) -> bool:
         return self._failed

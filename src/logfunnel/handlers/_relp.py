@@ -93,6 +93,9 @@ class RelpConnection:
         self._unacked: dict[int, bytes] = {}
         # messages of a failed send() that were never written, kept to be reported by pending()
         self._unsent: list[bytes] = []
+        # messages the server refused (a 500 rsp): sending them again would be refused again
+        self._refused: list[bytes] = []
+        self.last_refusal = ""  # what the server said when it last refused one
         self._lock = threading.Lock()  # pending() may be called from another thread
         self._buffer = bytearray()
         self._control: int | None = None  # the txnr of an open/close whose response is awaited
@@ -227,6 +230,12 @@ class RelpConnection:
         that call's messages that were never written): what to send again after a failure."""
         with self._lock:
             return [*self._unacked.values(), *self._unsent]
+
+    def refused(self) -> list[bytes]:
+        """The messages the server refused (status other than 200), oldest first: not to be sent
+        again as they are (the server would refuse them again)."""
+        with self._lock:
+            return list(self._refused)
 
     def wait(self, timeout: float) -> bool:
         """Read acknowledgements for at most *timeout* seconds; True once everything sent is acknowledged.
@@ -407,8 +416,9 @@ class RelpConnection:
     def _feed(self, data: bytes) -> None:
         """Parse the frames in what arrived; keep an incomplete last one (bounded) for the next read.
 
-        A refusal (500) or a serverclose is raised after the frames that came with it are handled, so
-        that ``pending()`` keeps only what was really not acknowledged."""
+        A serverclose is raised after the frames that came with it are handled, so that
+        ``pending()`` keeps only what was really not acknowledged. A refused message (500) is no
+        error of the session: it goes to ``refused()``."""
         buffer = self._buffer
         buffer += data
         pos = 0
@@ -492,11 +502,14 @@ class RelpConnection:
                 f"the RELP server at {self._where} answered transaction {txnr}, which is not outstanding "
                 f"({len(self._unacked)} are): the server is confused or not RELP"
             )
-        if status == b"200":
-            with self._lock:
-                del self._unacked[txnr]
-            return None
-        return self._fail(
-            f"the RELP server at {self._where} refused message {txnr} (status {_shown(status, 10)}: "
-            f"{human}); it stays in pending()"
-        )
+        with self._lock:
+            message = self._unacked.pop(txnr)
+            if status != b"200":
+                # The server will not take this one (too large, not allowed): the session goes on,
+                # and sending it again would be refused again. It is kept in refused().
+                self._refused.append(message)
+                self.last_refusal = (
+                    f"the RELP server at {self._where} refused message {txnr} (status "
+                    f"{_shown(status, 10)}: {human})"
+                )
+        return None

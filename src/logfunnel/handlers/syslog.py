@@ -218,6 +218,7 @@ class RFC5424Handler(logging.Handler):
             "retried": 0,
             "retransmitted": 0,
             "possibly_lost": 0,
+            "refused": 0,  # refused by the server (RELP 500): given up, never sent again
             "truncated": 0,
             "undelivered": 0,
             "connects": 0,
@@ -333,6 +334,7 @@ class RFC5424Handler(logging.Handler):
                 if not batch:
                     link.settle(CONFIRM_POLL)
                 self._account(link.confirm())
+                self._take_refused(link)
                 if not batch and link.unconfirmed:
                     with self._cond:  # written, not yet acknowledged: look again soon (or on a new record)
                         if not self._buffer and not self._closing:
@@ -370,6 +372,19 @@ class RFC5424Handler(logging.Handler):
                 self.counts["handled"] += confirmed
                 self._cond.notify_all()
 
+    def _take_refused(self, link: Connection) -> None:
+        refused, why = link.take_refused()
+        if not refused:
+            return
+        with self._cond:
+            self.counts["refused"] += refused
+            self._cond.notify_all()
+        banner(
+            f"logfunnel: {self.name}: {why}; {refused} refused message(s) given up, counted as refused, "
+            "never sent again",
+            kind=f"rfc5424-refused-{id(self)}",
+        )
+
     def _failed_connect(self, batch: list[bytes], exc: Exception, delay: float) -> None:
         with self._cond:
             self._put_back(batch)
@@ -392,6 +407,7 @@ class RFC5424Handler(logging.Handler):
             confirmed = link.confirm()  # RELP: acknowledged before the failure; TCP: raises, none
         except Exception:
             confirmed = 0
+        self._take_refused(link)
         again, lost, retransmitted = link.salvage()
         again += unwritten
         with self._cond:
