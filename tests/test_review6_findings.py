@@ -240,7 +240,6 @@ def test_serve_check_keeps_a_cfg_reference_in_a_filename(tmp_path):
 # -- the CLI ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a --level beyond 64 bits reaches the wire encoder and raises there")
 @pytest.mark.timeout(60)
 def test_tail_with_a_huge_level_number_is_a_one_line_usage_error():
     """`logfunnel tail --level 99999999999999999999` is refused in one line with status 2, no traceback."""

@@ -335,9 +335,17 @@ def _live(control: Control, interval: float, out: IO[str]) -> int:
 # -- tail ------------------------------------------------------------------------------------------
 
 
+#: The highest ``--level`` number taken (levels are small ints: CRITICAL is 50).
+MAX_LEVEL = 2**31 - 1
+
+
 def parse_level(text: str) -> int:
-    """A level name (any case) or number; ``WatchError`` (status 2) otherwise."""
-    if text.isdigit():
+    """A level name (any case) or number from 0 to ``MAX_LEVEL``; ``WatchError`` (status 2) otherwise."""
+    if text.isascii() and text.isdigit():
+        if len(text) > 10 or int(text) > MAX_LEVEL:
+            raise WatchError(
+                f"--level expected a number from 0 to {MAX_LEVEL:,} or a level name, got {text}", status=2
+            )
         return int(text)
     level = logging.getLevelName(text.upper())
     if not isinstance(level, int):
