@@ -246,8 +246,24 @@ def load(path: str | os.PathLike[str]) -> FileConfig:
         )
     for handler in handlers.values():
         if isinstance(handler, dict) and isinstance(handler.get("filename"), str):
-            handler["filename"] = os.fspath(_resolve_path(base, handler["filename"]))
+            filename = _referenced(config, handler["filename"])
+            if filename is not None:
+                handler["filename"] = os.fspath(_resolve_path(base, filename))
     return loaded
+
+
+def _referenced(config: dict[str, Any], value: str) -> str | None:
+    """A filename as dictConfig will see it: a ``cfg://`` reference looked up in the file (a path
+    there is relative to the file's folder too), ``ext://`` left to dictConfig (None), a path as is."""
+    if value.startswith("ext://"):
+        return None
+    if not value.startswith("cfg://"):
+        return value
+    try:
+        found = logging.config.BaseConfigurator(config).cfg_convert(value[len("cfg://") :])
+    except (KeyError, ValueError, TypeError, IndexError):
+        return None  # dictConfig says what is wrong with the reference, in its own words
+    return found if isinstance(found, str) else None
 
 
 # -- checking the funnel's own keys -------------------------------------------------------------------
