@@ -485,14 +485,20 @@ class LogManager:
                 pass  # it is already gone
             wait = timeout if timeout is not None else 30
             if self._final is None and self._ended(0.5):
-                # It died before it was stopped (killed, OOM); someone else may have reaped it (a
-                # gunicorn master reaps every child), so join() would wait in vain and its pid may be
-                # another process's already: it is neither waited for nor killed.
-                self._died = True
-                banner(
-                    f"the log manager (pid {self.pid}) had died before it was stopped: records it had "
-                    "received and not yet written are lost (the workers report what they could not send)"
-                )
+                # It ended before it was stopped: drained and left after a SIGTERM (status 0), or
+                # died (killed, OOM). Someone else may have reaped it (a gunicorn master reaps every
+                # child; its status is then unknown here), so join() would wait in vain and its pid may
+                # be another process's already: it is neither waited for nor killed.
+                self._process.join(0.1)
+                code = self._process.exitcode
+                if code != 0:
+                    self._died = True
+                    how = "its exit status is unknown here" if code is None else f"exit status {code}"
+                    banner(
+                        f"the log manager (pid {self.pid}) had died before it was stopped ({how}): "
+                        "records it had received and not yet written are lost (the workers report "
+                        "what they could not send)"
+                    )
             elif not self._ended(wait):
                 banner(f"the log manager (pid {self.pid}) did not exit; killing it")
                 self._process.kill()
