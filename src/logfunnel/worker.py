@@ -21,7 +21,7 @@ import time
 from typing import Any, ClassVar, Literal
 
 from . import _sigterm
-from ._checks import check_level
+from ._checks import check_level, check_seconds
 from ._exit import at_exit
 from ._handling import UnlockedHandle
 from ._queue_sink import QueueSink
@@ -88,10 +88,7 @@ class FunnelHandler(UnlockedHandle, logging.handlers.QueueHandler):
         block_timeout: float = 5.0,
         capacity: int = 10_000,
     ) -> None:
-        if on_full not in ("block", "drop"):
-            raise ValueError(f"on_full must be 'block' or 'drop', got {on_full!r}")
-        if capacity < 1:
-            raise ValueError(f"capacity must be at least 1, got {capacity!r}")
+        block_timeout = _check_options(on_full, block_timeout, capacity, "FunnelHandler()")
         target = _resolve_queue(queue)
         super().__init__(target)
         self.on_full = on_full
@@ -162,6 +159,15 @@ class FunnelHandler(UnlockedHandle, logging.handlers.QueueHandler):
         """Records this process refused because its buffer was full."""
         sink = self._sink
         return sink._dropped if isinstance(sink, SocketSink) else sink.dropped  # noqa: SLF001
+
+
+def _check_options(on_full: object, block_timeout: object, capacity: object, caller: str) -> float:
+    """The buffer's options checked (a NaN block_timeout would wait for ever); block_timeout as a float."""
+    if on_full not in ("block", "drop"):
+        raise ValueError(f"on_full must be 'block' or 'drop', got {on_full!r}")
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+        raise ValueError(f"capacity must be at least 1, got {capacity!r}")
+    return check_seconds(block_timeout, caller, "block_timeout", zero=True)
 
 
 # -- what a worker may be given ---------------------------------------------------------------------
@@ -367,6 +373,7 @@ def install_worker_logging(
     listener. With *flush_on_sigterm*, a process whose SIGTERM handler is the default one ships its
     buffer before it dies of SIGTERM (``Pool.terminate()``).
     """
+    _check_options(on_full, block_timeout, capacity, "install_worker_logging()")
     target = _resolve_queue(queue)
     root_level = None if level is None else check_level(level, "install_worker_logging()")
     root = logging.getLogger()
