@@ -181,18 +181,22 @@ def _put_records(shared) -> None:
 
 
 @NEW
-def test_listener_without_handlers_is_refused(configure, tmp_path):
-    """Without "handlers", 3.12 refuses the form and 3.13 lets it through to the listener, which refuses."""
+def test_listener_without_handlers_writes_none_and_says_so(configure, tmp_path, capfd):
+    """Without "handlers", 3.12 refuses the form; 3.13 lets it through, and the listener (as a
+    QueueListener with none) takes the records and writes none, saying so on stderr."""
     config = queue_config(tmp_path / "app.log")
     del config["handlers"]["funnel"]["handlers"]
-    with pytest.raises(ValueError, match=r"^Unable to configure handler 'funnel'$") as caught:
-        configure(config)
-    expected = (
-        "No handlers specified for a QueueHandler"
-        if sys.version_info < (3, 13)
-        else "listener: expected the names of the handlers the funnel owns under 'handlers', got none"
-    )
-    assert str(caught.value.__cause__).startswith(expected)
+    if sys.version_info < (3, 13):
+        with pytest.raises(ValueError, match=r"^Unable to configure handler 'funnel'$") as caught:
+            configure(config)
+        assert str(caught.value.__cause__).startswith("No handlers specified for a QueueHandler")
+        return
+    configure(config)
+    listener = logging.getHandlerByName("funnel").listener
+    logging.getLogger("app").warning("handled by none")
+    listener.stop()
+    assert listener.local_queue.empty()
+    assert "a FunnelListener with no handlers takes the records and writes none" in capfd.readouterr().err
 
 
 @NEW

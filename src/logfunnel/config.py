@@ -21,6 +21,7 @@ import functools
 import logging
 import logging.handlers
 import os
+import queue as queue_module
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +31,7 @@ from . import worker
 from ._checks import check_level
 from ._handling import banner
 from ._lanes import Lane, Retry, inline, is_lane
+from ._transport import QueueHandle
 from .listener import LogListener, tree_levels
 from .worker import EXIT_TIMEOUT, FunnelHandler, OnFull
 
@@ -46,6 +48,48 @@ __all__ = [
 ]
 
 _configured: weakref.WeakSet[ConfiguredFunnelHandler] = weakref.WeakSet()
+#: id(queue) -> the FunnelListener that reads it (the 3.12+ form's queue.Queue)
+_reading: weakref.WeakValueDictionary[int, FunnelListener] = weakref.WeakValueDictionary()
+
+
+def handle_reading(queue: Any) -> QueueHandle | None:
+    """The workers' handle of the FunnelListener that reads *queue*, if one does (in this process or
+    the parent this one was forked from): what to send to instead of that process-local queue."""
+    listener = _reading.get(id(queue))
+    if listener is None or listener.local_queue is not queue:
+        return None
+    return listener.worker_queue
+
+
+class _ToListener:
+    """Stands in, in a fork child, for the ``queue.Queue`` of its parent's FunnelListener.
+
+    The child's copy of that queue has no reader (and may hold a lock the parent's reader had at the
+    fork): a ``QueueHandler`` there would put its records where nobody takes them. This sends each
+    one to the listener instead, through a funnel handler made at the first record and flushed as a
+    worker's is: at the child's exit (also a multiprocessing child's ``os._exit``) and on SIGTERM.
+    """
+
+    def __init__(self, handle: QueueHandle) -> None:
+        self._handle = handle
+        self._funnel: ConfiguredFunnelHandler | None = None
+        self._lock = threading.Lock()
+
+    def _sender(self) -> ConfiguredFunnelHandler:
+        with self._lock:
+            if self._funnel is None:
+                # Flushed at exit and on SIGTERM (Pool.terminate()), as a worker's: the SIGTERM
+                # handler is set when the funnel first sends, from this thread.
+                worker._flush_on_sigterm = True  # noqa: SLF001
+                self._funnel = ConfiguredFunnelHandler(self._handle)
+                worker.also_closed.add(self._funnel)
+            return self._funnel
+
+    def put_nowait(self, record: logging.LogRecord) -> None:
+        self._sender().handle(record)
+
+    def put(self, record: logging.LogRecord, block: bool = True, timeout: float | None = None) -> None:
+        self.put_nowait(record)
 
 
 def _after_fork_in_child() -> None:
@@ -54,6 +98,21 @@ def _after_fork_in_child() -> None:
     # (Pool.terminate()). The handler is armed when the child first sends, from its main thread.
     if any(h.listener is not None for h in list(_configured)):
         worker._flush_on_sigterm = True  # noqa: SLF001
+    # The 3.12+ form: a QueueHandler that fills the parent's FunnelListener's thread queue sends to
+    # the listener from here instead (multiprocessing queues work across the fork as they are).
+    listeners = {id(f.local_queue): f for f in list(_reading.values()) if _thread_queue(f.local_queue)}
+    if not listeners:
+        return
+    for ref in list(logging._handlerList):  # type: ignore[attr-defined]  # noqa: SLF001
+        handler = ref()
+        if isinstance(handler, logging.handlers.QueueHandler) and not isinstance(handler, FunnelHandler):
+            listener = listeners.get(id(handler.queue))
+            if listener is not None and listener.local_queue is handler.queue and listener.worker_queue:
+                handler.queue = _ToListener(listener.worker_queue)  # type: ignore[assignment]
+
+
+def _thread_queue(queue: Any) -> bool:
+    return isinstance(queue, (queue_module.Queue, queue_module.SimpleQueue))
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -153,14 +212,16 @@ class FunnelListener(LogListener):
         lanes: Mapping[str, Any] | None = None,
         where: str = "listener",
     ) -> None:
+        # With no handlers, as QueueListener(q): records are taken and handled by none. (Routed by
+        # name instead, they would go through this process's loggers back to the handler that feeds
+        # the queue, in a loop.)
+        placed = _place_on_lanes(list(handlers), lanes, where) if handlers else [logging.NullHandler()]
         if not handlers:
-            # With none it would route records through this process's loggers, back to the handler
-            # that feeds it: in a loop (the 3.12+ form) or into nothing.
-            raise ValueError(
-                f"{where}: expected the names of the handlers the funnel owns under 'handlers', got none; "
-                "list the handlers that should write the records, e.g. 'handlers': ['file']"
+            banner(
+                f"{where}: a FunnelListener with no handlers takes the records and writes none (as a "
+                "QueueListener with none does); name the handlers that should write them, e.g. "
+                "'handlers': ['file']"
             )
-        placed = _place_on_lanes(list(handlers), lanes, where)
         super().__init__(
             None,
             *placed,
@@ -172,6 +233,11 @@ class FunnelListener(LogListener):
         self.where = where
         self.owned: list[logging.Handler] = list(handlers)
         self.local_queue = queue
+        if queue is not None:
+            # QueueListener's contract (and 3.12+ dictConfig's): .queue is the queue it reads.
+            # Workers join through .worker_queue (install_worker_logging also takes this queue for it).
+            self.queue = queue
+            _reading[id(queue)] = self
         self.local_handlers: weakref.WeakSet[logging.Handler] = weakref.WeakSet()
         self._pump: threading.Thread | None = None
         self._forwarder: ConfiguredFunnelHandler | None = None
@@ -185,7 +251,7 @@ class FunnelListener(LogListener):
             return self
         super().start()
         if self.local_queue is not None:
-            self._forwarder = ConfiguredFunnelHandler(self.queue)
+            self._forwarder = ConfiguredFunnelHandler(self.worker_queue)
             self._forwarder.listener = self
             self._pump = threading.Thread(target=self._read_local, name="logfunnel-config-queue", daemon=True)
             self._pump.start()
@@ -353,6 +419,11 @@ def funnel(
         result.listener = logman
         result._manager_closer = _ManagerCloser(logman, result)  # type: ignore[attr-defined]  # noqa: SLF001
     else:
+        if not owned:
+            raise ValueError(
+                f"{where}: expected the names of the handlers the funnel owns under 'handlers', got none; "
+                "list the handlers that should write the records, e.g. 'handlers': ['file']"
+            )
         made = FunnelListener(
             None,
             *owned,
@@ -365,7 +436,7 @@ def funnel(
         )
         try:
             result = ConfiguredFunnelHandler(
-                made.queue, on_full=on_full, block_timeout=block_timeout, capacity=capacity
+                made.worker_queue, on_full=on_full, block_timeout=block_timeout, capacity=capacity
             )
         except BaseException:
             made.stop()

@@ -99,10 +99,10 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
     """Receive the records of many processes and hand them to *handlers* in this process.
 
     With *queue* None (the usual case) it listens on a fresh Unix socket (mode 0600) or on *address*
-    (``unix:/path`` or ``tcp://127.0.0.1:PORT``) and ``.queue`` is the picklable handle to give to
-    workers. A TCP address beyond loopback is refused unless *allow_remote* is True (records and
-    the handshake are not encrypted). Given a ``multiprocessing`` queue it reads that queue
-    instead, like ``QueueListener``.
+    (``unix:/path`` or ``tcp://127.0.0.1:PORT``) and ``.queue`` (also ``.worker_queue``) is the
+    picklable handle to give to workers. A TCP address beyond loopback is refused unless
+    *allow_remote* is True (records and the handshake are not encrypted). Given a ``multiprocessing``
+    queue it reads that queue instead, like ``QueueListener``.
     With no handlers, each record goes through this process's own logging configuration
     (``logging.getLogger(record.name).handle(record)``). Records below *level* are skipped;
     ``respect_handler_level`` defaults to True here, unlike in the standard library.
@@ -136,6 +136,8 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
         self._private_dir: str | None = None
         self._authkey = authkey or os.urandom(32)
         self.queue: Any
+        #: The picklable handle workers join with (``QueueHandle``); None when reading a queue.
+        self.worker_queue: QueueHandle | None = None
         self._wake_r: socket.socket | None = None  # made at start: a listener never started holds none
         self._wake_w: socket.socket | None = None
         self._counts_dir: str | None = None
@@ -147,7 +149,7 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
                 banner(
                     f"cannot make a folder for the workers' count files ({exc}); a hard exit may go uncounted"
                 )
-            self.queue = QueueHandle(self.address, self._authkey, self._counts_dir)
+            self.queue = self.worker_queue = QueueHandle(self.address, self._authkey, self._counts_dir)
         # Whatever happens to this object (never started, never stopped, start() failed), its socket
         # file and private folder go when it does, or at the latest when the interpreter exits: then
         # from _stop_running, after the listener stopped (not from weakref's exit hook, which may
@@ -195,8 +197,8 @@ class LogListener(SocketServing, logging.handlers.QueueListener):
             raise
         self._state = "running"
         _running.add(self)
-        if self._server is not None:
-            self._saved_env = publish(self.queue)
+        if self.worker_queue is not None:
+            self._saved_env = publish(self.worker_queue)
         if not self.handlers and not _any_logger_has_handlers():
             banner(
                 "the log listener has no handlers and the root logger has none (nor any other "

@@ -18,6 +18,7 @@ import queue as queue_module
 import sys
 import threading
 import time
+import weakref
 from typing import Any, ClassVar, Literal
 
 from . import _sigterm
@@ -215,9 +216,15 @@ def _resolve_queue(queue: Any) -> Any:
                 f"to join {queue!r} by address, LOGFUNNEL_AUTHKEY must hold the listener's auth key"
             )
         return QueueHandle(queue, key)
-    inner = getattr(queue, "queue", None)
+    inner = getattr(queue, "worker_queue", None)
+    if not isinstance(inner, QueueHandle):
+        inner = getattr(queue, "queue", None)
     if isinstance(inner, QueueHandle):  # a listener or manager given in place of its .queue
         return inner
+    config = sys.modules.get("logfunnel.config")
+    handle = None if config is None else config.handle_reading(queue)
+    if handle is not None:  # the queue.Queue a FunnelListener reads: a fork child could not reach it
+        return handle
     if isinstance(queue, _queue_types()) or _is_queue_proxy(queue):
         return queue
     if callable(getattr(queue, "put_nowait", None)):  # any queue-like object, as QueueHandler takes
@@ -245,8 +252,13 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+#: Funnel handlers not on the root logger that this process's exit (atexit, a multiprocessing
+#: child's finalizers, SIGTERM) must flush too: config's fork-child stand-in for a parent's queue.
+also_closed: weakref.WeakSet[FunnelHandler] = weakref.WeakSet()
+
+
 def _close_all(timeout: float = EXIT_TIMEOUT) -> None:
-    for handler in _installed_handlers():
+    for handler in [*_installed_handlers(), *also_closed]:
         handler._sink.close(timeout)  # noqa: SLF001
 
 
