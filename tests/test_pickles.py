@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logfunnel import _pickles
+from logfunnel import _pickle_rules, _pickles
 from logfunnel._pickles import MAX_PLAIN_KEYS, PickleRefused, loads, tree_size
 
 # -- what the stdlib makes decodes to the same value ----------------------------------------------------
@@ -236,7 +236,7 @@ def test_memo_sharing_blow_up_costs_steps_bounded_by_the_budget(monkeypatch: pyt
         met += 1
         return real_type(value)
 
-    monkeypatch.setattr(_pickles, "type", counting_type, raising=False)
+    monkeypatch.setattr(_pickle_rules, "type", counting_type, raising=False)
     with pytest.raises(PickleRefused):
         loads(payload, max_size=10_000)
     monkeypatch.undo()

@@ -12,6 +12,9 @@ Every lane reports ``lane_stats()`` and can be ``drain()``-ed (the lane protocol
 handlers that run their own sender thread). A lane stuck inside its target when it must stop is
 *abandoned*: its target is taken out of ``logging``'s list of handlers to flush at exit, so that
 ``logging.shutdown`` does not wait forever on the lock the stuck emit holds, and the program exits.
+
+Here: the buffer, the caller's side, the lane's life (drain, stop, close) and its figures. The lane's
+thread, ``Retry`` and the ``handleError`` interception are in ``_lane_delivery``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import atexit
 import collections
 import logging
 import os
-import sys
 import threading
 import time
 import weakref
@@ -29,6 +31,7 @@ from typing import Any
 from ._checks import check_count, check_seconds
 from ._exit import at_exit
 from ._handling import UnlockedHandle, banner
+from ._lane_delivery import NO_RETRY, Retry, _Delivery, _Intercept, abandon_target
 from ._probes import probe_for
 
 __all__ = ["Lane", "Retry", "abandon_target", "inline", "is_lane"]
@@ -38,43 +41,6 @@ _DROP_REPORT_INTERVAL = 5.0  # at most one banner per lane this often about reco
 _INLINE_MARK = "_logfunnel_inline"
 
 _lanes: weakref.WeakSet[Lane] = weakref.WeakSet()
-
-
-class Retry:
-    """How a lane retries a record whose emit failed: back-off from *first_delay* seconds, doubling
-    up to *max_delay*, until the record has been failing for *give_up_after* seconds.
-
-    The default (0.1 s doubling to 5 s, for up to 60 s) rides out what a network sink usually
-    suffers (a restart, a dropped connection, a short outage) while the buffer holds what arrives
-    meanwhile; an outage longer than a minute costs one record per minute in ``failed`` and the
-    buffer's overflow in ``dropped``, both counted. ``Retry(give_up_after=0)`` tries each record once.
-    """
-
-    __slots__ = ("first_delay", "give_up_after", "max_delay")
-
-    def __init__(self, give_up_after: float = 60.0, first_delay: float = 0.1, max_delay: float = 5.0) -> None:
-        for name, value in (
-            ("give_up_after", give_up_after),
-            ("first_delay", first_delay),
-            ("max_delay", max_delay),
-        ):
-            check_seconds(value, "Retry()", name, zero=True)
-        self.give_up_after = float(give_up_after)
-        self.first_delay = float(first_delay)
-        self.max_delay = float(max(max_delay, first_delay))
-
-    def delay(self, attempt: int) -> float:
-        """The pause before retry number *attempt* (1 for the first retry)."""
-        return float(min(self.max_delay, self.first_delay * 2 ** min(attempt - 1, 30)))
-
-    def __repr__(self) -> str:
-        return (
-            f"Retry(give_up_after={self.give_up_after}, first_delay={self.first_delay}, "
-            f"max_delay={self.max_delay})"
-        )
-
-
-NO_RETRY = Retry(give_up_after=0.0)
 
 
 def inline(handler: logging.Handler) -> logging.Handler:
@@ -107,64 +73,7 @@ def wants_inline(handler: logging.Handler) -> bool:
     return isinstance(handler, FunnelHandler)
 
 
-def abandon_target(handler: logging.Handler) -> None:
-    """Take *handler* out of ``logging``'s list of handlers that ``logging.shutdown`` flushes and
-    closes: it is stuck in its emit, holding its lock, and shutdown would wait on it forever."""
-    with _logging_lock():
-        refs = logging._handlerList  # type: ignore[attr-defined]  # noqa: SLF001
-        for ref in list(refs):
-            if ref() is handler:
-                refs.remove(ref)
-
-
-class _LoggingLock:
-    def __enter__(self) -> None:
-        logging._acquireLock()  # type: ignore[attr-defined]  # noqa: SLF001
-
-    def __exit__(self, *exc_info: object) -> None:
-        logging._releaseLock()  # type: ignore[attr-defined]  # noqa: SLF001
-
-
-def _logging_lock() -> Any:
-    # 3.13 dropped _acquireLock()/_releaseLock() for a plain `with logging._lock`.
-    if hasattr(logging, "_acquireLock"):
-        return _LoggingLock()
-    return logging._lock  # type: ignore[attr-defined]  # noqa: SLF001
-
-
-class _HandleErrorCalled(RuntimeError):
-    """What a lane notes when its target called handleError() outside an exception handler."""
-
-
-def _transient(failure: BaseException) -> bool:
-    """Whether an emit that failed may succeed if tried again: the network or the server failed
-    (an ``OSError``: refused, reset, timed out, TLS, SMTP; an ``http.client`` error), or the handler
-    did not say why. A failure of the record itself (a format naming a missing field, a value that
-    cannot be encoded) fails the same way every time: retrying would hold every record behind it."""
-    if isinstance(failure, (OSError, _HandleErrorCalled)):
-        return True
-    client = sys.modules.get("http.client")  # not imported: nothing raised one of its errors
-    return client is not None and isinstance(failure, client.HTTPException)
-
-
-class _Intercept:
-    """Stands in for the target's ``handleError`` while a lane runs it: on the lane's own thread a
-    call means "this emit failed" (noted, to be retried); on any other thread (the target may also
-    sit on a logger used directly) it is the target's own ``handleError``."""
-
-    def __init__(self, lane: Lane, original: Any) -> None:
-        self.lane = weakref.ref(lane)
-        self.original = original
-
-    def __call__(self, record: logging.LogRecord) -> None:
-        lane = self.lane()
-        if lane is not None and threading.get_ident() == lane._ident:  # noqa: SLF001
-            lane._failure = sys.exc_info()[1] or _HandleErrorCalled("the handler called handleError()")  # noqa: SLF001
-            return
-        self.original(record)
-
-
-class Lane(UnlockedHandle, logging.Handler):
+class Lane(UnlockedHandle, _Delivery):
     """Put *handler* on a lane of its own: a daemon thread, a buffer of *capacity* records, a drop
     policy, retry with back-off for records whose emit failed on the way out (an ``OSError`` or an
     ``http.client`` error: the network, the server; a record that fails by itself, as a format naming
@@ -365,98 +274,6 @@ class Lane(UnlockedHandle, logging.Handler):
         at_exit(_stop_all)  # also at a multiprocessing child's exit, which skips atexit
         thread.start()
 
-    # -- the lane's thread -------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        from . import worker
-
-        self._ident = threading.get_ident()
-        # A record made on this thread (a handler that logs) must not loop back through a funnel.
-        worker.listener_threads.add(self._ident)
-        cond = self._cond
-        try:
-            while True:
-                with cond:
-                    while not self._buffer and not self._stopping and not self._abandon:
-                        cond.wait()
-                    if self._abandon or not self._buffer:
-                        return
-                    record = self._current = self._buffer.popleft()
-                    cond.notify_all()  # room for a blocked caller
-                delivered = self._deliver(record)
-                with cond:
-                    self._current = None
-                    if self._abandon:
-                        return  # stop() counted this record undelivered: the figures are final
-                    if delivered:
-                        self.handled += 1
-                    else:
-                        self.failed += 1
-                    cond.notify_all()
-        finally:
-            worker.listener_threads.discard(self._ident)
-            self._ident = None  # its ident may be reused by another thread: no longer ours
-
-    def _deliver(self, record: logging.LogRecord) -> bool | None:
-        """Hand *record* to the target, retrying; True once delivered, False when it gave up
-        (the target's own handleError has run), None when the lane was abandoned meanwhile."""
-        attempt = 0
-        first_failure = 0.0
-        while True:
-            self._failure = None
-            probe = self._probe
-            try:
-                if probe is not None:
-                    probe.before()
-                self.target.handle(record)
-            except Exception as exc:
-                # A handle() that raises instead of calling handleError() (the stdlib's handlers
-                # never do) has a bug, not an outage: retrying would hold the lane for the whole
-                # give_up_after on every record. It gets its handleError at once, counted failed.
-                self._give_up(record, exc)
-                return False
-            failure = self._failure
-            if failure is None and probe is not None:
-                found = probe.after()
-                if found is not None:
-                    failure, retry = found
-                    if not retry:
-                        self._give_up(record, failure)
-                        return False
-            if failure is None:
-                return True
-            if not _transient(failure):  # the record's own fault (its format): the same every time
-                self._give_up(record, failure)
-                return False
-            if self._abandon:
-                return None  # counted undelivered by stop(); its target's handleError is not ours to call
-            now = time.monotonic()
-            if attempt == 0:
-                first_failure = now
-            attempt += 1
-            if now - first_failure >= self.retry.give_up_after:
-                self._give_up(record, failure)
-                return False
-            self.retried += 1
-            with self._cond:
-                self._backing_off = failure
-                try:
-                    self._cond.wait_for(lambda: self._abandon, self.retry.delay(attempt))
-                finally:
-                    self._backing_off = None
-                if self._abandon:
-                    return None
-
-    def _give_up(self, record: logging.LogRecord, failure: BaseException) -> None:
-        original = self._intercept.original if self._intercept is not None else self.target.handleError
-        try:
-            raise failure  # so that handleError's traceback shows the last failure
-        except BaseException:
-            try:
-                original(record)
-            except Exception as exc:
-                banner(f"lane {self.name}: the handler's handleError() failed: {exc!r}")
-
     # -- the lane protocol -------------------------------------------------------------------------
 
     @property
@@ -551,12 +368,6 @@ class Lane(UnlockedHandle, logging.Handler):
         if not left:
             self._restore()
         return left
-
-    def _restore(self) -> None:
-        intercept = self._intercept
-        if intercept is not None and self.target.__dict__.get("handleError") is intercept:
-            del self.target.handleError
-        self._intercept = None
 
     def __repr__(self) -> str:
         return f"<Lane {self.name} {self.target!r} backlog={self.backlog}>"

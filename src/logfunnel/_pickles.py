@@ -5,8 +5,8 @@ list, dict, set and frozenset (with the memo, MARK, FRAME and the other opcodes 
 those), which is what the standard library's ``SocketHandler`` and ``DatagramHandler`` send: a
 record's ``__dict__``, pickled with protocol 1. Under protocols 0 to 2, bytes, sets and frozensets are
 pickled as calls (``_codecs.encode(text, "latin1")``, ``__builtin__.set([...])``): those exact calls
-are recognised by name and rebuilt here, without importing or calling anything, and their
-arguments are checked (text that latin-1 can encode; set members as dict keys below). Every other
+are recognised by name and rebuilt (``_pickle_rules``), without importing or calling anything, and
+their arguments are checked (text that latin-1 can encode; set members as dict keys are). Every other
 global, and every opcode that could import or call something (STACK_GLOBAL, BUILD, INST, OBJ,
 NEWOBJ, NEWOBJ_EX, EXT1/2/4, PERSID, BINPERSID, a REDUCE of anything but those calls), the
 out-of-band buffers of protocol 5, bytearrays, and any unknown opcode are refused with a
@@ -14,22 +14,9 @@ out-of-band buffers of protocol 5, bytearrays, and any unknown opcode are refuse
 
 Bounded cost (DESIGN rule 11): every opcode does constant work, or work linear in the bytes it read
 or in the items it pops (each pushed once by an opcode of its own), so decoding is linear in the
-bytes. What is not linear is caught by limits:
-
-- integers: text ones (``INT``, ``LONG``) at most ``MAX_INT_DIGITS`` digits (int() of text is
-  quadratic), binary ones (``LONG1``, ``LONG4``) at most ``MAX_LONG_BYTES`` bytes;
-- dict keys and set members: only str, bytes, None, bool, float, int within the 61-bit range where
-  distinct ints hash apart, and tuples of those of size at most ``MAX_KEY_SIZE``; at most
-  ``MAX_PLAIN_KEYS`` keys per pickle whose hash an attacker could make collide (floats and tuples),
-  so that no dict or set is filled in quadratic time; hashing a tuple is not cached by Python and
-  would otherwise cost the size of its whole shared tree each time;
-- memo references: a GET returns the same object again, which costs nothing in memory but costs a
-  formatter or a ``repr`` its whole size each time it is met ("billion laughs": ten nested lists of
-  ten references each are 10**10 items to print). So once decoded, the value is walked as the tree
-  it appears to be, each shared object counted every time it is met, and refused if that tree is
-  larger than ``max_size`` (by default four times the pickle plus 4 KiB) or deeper than
-  ``max_depth``. The walk stops as soon as the budget is spent, so it costs at most ``max_size``
-  steps. A value that contains itself (possible with the memo) is refused as too deep.
+bytes. What is not linear is caught by limits (``_pickle_rules``, with the opcodes refused and the
+calls rebuilt): on integers, on dict keys and set members, and on the value as the tree a
+formatter walks (``tree_size``).
 
 Any other failure (a truncated pickle, a bad length, a wrong type on the stack, invalid UTF-8) is a
 ``PickleRefused`` as well: random bytes never raise anything else.
@@ -41,76 +28,25 @@ import codecs
 import struct
 from typing import Any
 
-__all__ = [
-    "MAX_DEPTH",
-    "MAX_INT_DIGITS",
-    "MAX_KEY_SIZE",
-    "MAX_LONG_BYTES",
-    "MAX_OBJECTS",
-    "MAX_PLAIN_KEYS",
-    "PickleRefused",
-    "loads",
-    "tree_size",
-]
+from ._pickle_rules import (
+    _CALLS,
+    _MAX_GLOBAL_NAME,
+    _REFUSED,
+    _UNSUPPORTED,
+    MAX_DEPTH,
+    MAX_INT_DIGITS,
+    MAX_LONG_BYTES,
+    MAX_OBJECTS,
+    MAX_PLAIN_KEYS,
+    PickleRefused,
+    _Checks,
+    _name,
+    tree_size,
+)
 
-MAX_DEPTH = 32  # containers within containers (the value itself is at depth 0)
-MAX_OBJECTS = 1_000_000  # values pushed on the stack, and memo entries
-MAX_INT_DIGITS = 640  # digits of an INT or LONG text opcode (about the size LONG1 allows)
-MAX_LONG_BYTES = 256  # bytes of a LONG1 or LONG4 integer (LONG1 allows 255)
-MAX_KEY_SIZE = 64  # the tree size of a tuple used as a dict key
-MAX_PLAIN_KEYS = 1000  # float and tuple keys per pickle (their hashes can be made to collide)
+__all__ = ["MAX_PLAIN_KEYS", "PickleRefused", "loads", "tree_size"]
+
 _MAX_LINE = 1 << 20  # a text opcode's argument (a STRING or UNICODE line may be long)
-_SAFE_INT_KEY = 2**61 - 1  # ints below it in magnitude hash to themselves (CPython's modulus)
-
-
-class PickleRefused(ValueError):
-    """The pickle is not one of plain values, breaks a limit, or is not a pickle at all."""
-
-
-# The opcodes refused because they import or call, by byte, with pickletools' names for the errors.
-_REFUSED = {
-    0x93: "STACK_GLOBAL",
-    ord("b"): "BUILD",
-    ord("i"): "INST",
-    ord("o"): "OBJ",
-    0x81: "NEWOBJ",
-    0x92: "NEWOBJ_EX",
-    0x82: "EXT1",
-    0x83: "EXT2",
-    0x84: "EXT4",
-    ord("P"): "PERSID",
-    ord("Q"): "BINPERSID",
-}
-# Refused because they build what a record has no use for.
-_UNSUPPORTED = {
-    0x96: "BYTEARRAY8",
-    0x97: "NEXT_BUFFER",
-    0x98: "READONLY_BUFFER",
-}
-
-
-class _Call:
-    """A global the pickle named and may only call once, with checked arguments (REDUCE): one of
-    ``_CALLS``. Never part of a decoded value (``tree_size`` refuses it)."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-# The calls protocols 0-2 make of bytes, sets and frozensets, by (module, name) as GLOBAL names them.
-_CALLS = {
-    ("_codecs", "encode"): _Call("encode"),
-    ("__builtin__", "bytes"): _Call("bytes"),
-    ("builtins", "bytes"): _Call("bytes"),
-    ("__builtin__", "set"): _Call("set"),
-    ("builtins", "set"): _Call("set"),
-    ("__builtin__", "frozenset"): _Call("frozenset"),
-    ("builtins", "frozenset"): _Call("frozenset"),
-}
-_LATIN1 = ("latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1")
-_MAX_GLOBAL_NAME = 64  # a module or attribute name of GLOBAL (the ones above are far shorter)
 
 _I4 = struct.Struct("<i")
 _U2 = struct.Struct("<H")
@@ -120,7 +56,7 @@ _F8 = struct.Struct(">d")
 
 
 class _Decoder:
-    __slots__ = ("data", "marks", "memo", "objects", "plain_keys", "pos", "stack", "start")
+    __slots__ = ("checks", "data", "marks", "memo", "objects", "pos", "stack", "start")
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -130,7 +66,7 @@ class _Decoder:
         self.marks: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
         self.objects = 0
-        self.plain_keys = 0
+        self.checks = _Checks(self.fail)
 
     def fail(self, what: str) -> PickleRefused:
         op = self.data[self.start] if self.start < len(self.data) else None
@@ -226,32 +162,6 @@ class _Decoder:
         except KeyError:
             raise self.fail(f"memo index {index} was never set") from None
 
-    def key(self, key: Any) -> Any:
-        kind = type(key)
-        if kind is str or kind is bytes or key is None or kind is bool:
-            return key
-        if kind is int:
-            if -_SAFE_INT_KEY < key < _SAFE_INT_KEY:
-                return key
-            raise self.fail(f"an int dict key beyond ±(2**61 - 1): {key.bit_length()} bits")
-        if kind is float or kind is tuple:
-            self.plain_keys += 1
-            if self.plain_keys > MAX_PLAIN_KEYS:
-                raise self.fail(f"more than {MAX_PLAIN_KEYS} float or tuple dict keys")
-            if kind is tuple:
-                try:
-                    tree_size(key, MAX_KEY_SIZE, MAX_DEPTH)
-                except PickleRefused:
-                    raise self.fail(f"a tuple dict key larger than {MAX_KEY_SIZE}") from None
-                for item in key:
-                    self.key(item)
-            return key
-        raise self.fail(f"a dict key of type {kind.__name__} (expected str, bytes, int, float or tuple)")
-
-    def members(self, items: list[Any]) -> list[Any]:
-        """*items* as set members: each checked as a dict key would be (no quadratic hashing)."""
-        return [self.key(item) for item in items]
-
     def global_call(self) -> None:
         module = self.ascii(self.line(_MAX_GLOBAL_NAME))
         name = self.ascii(self.line(_MAX_GLOBAL_NAME))
@@ -263,34 +173,13 @@ class _Decoder:
     def reduce(self) -> None:
         args = self.pop()
         call = self.pop()
-        if type(call) is not _Call:
-            raise self.fail(f"a call of a {type(call).__name__}: it would call code, which is never done")
-        if type(args) is not tuple:
-            raise self.fail(f"{call.name}() called with {type(args).__name__} arguments, not a tuple")
-        if call.name == "encode":
-            if not (
-                1 <= len(args) <= 2 and type(args[0]) is str and args[1:] in ((), *((e,) for e in _LATIN1))
-            ):
-                raise self.fail("_codecs.encode() called with other arguments than (text, 'latin1')")
-            try:
-                self.push(args[0].encode("latin-1"))
-            except UnicodeEncodeError:
-                raise self.fail("_codecs.encode() of text that latin-1 cannot encode") from None
-        elif call.name == "bytes":
-            if args:
-                raise self.fail("bytes() called with arguments")
-            self.push(b"")
-        else:  # set, frozenset
-            if len(args) > 1 or (args and type(args[0]) is not list):
-                raise self.fail(f"{call.name}() called with other arguments than one list")
-            members = self.members(args[0]) if args else []
-            self.push(set(members) if call.name == "set" else frozenset(members))
+        self.push(self.checks.call(call, args))
 
     def set_items(self, target: dict[Any, Any], items: list[Any]) -> None:
         if len(items) % 2:
             raise self.fail(f"an odd number of items ({len(items)}) for keys and values")
         for position in range(0, len(items), 2):
-            target[self.key(items[position])] = items[position + 1]
+            target[self.checks.key(items[position])] = items[position + 1]
 
     # -- the loop -----------------------------------------------------------------------------------
 
@@ -469,9 +358,9 @@ class _Decoder:
                 push(set())
             elif op == 0x90:  # ADDITEMS
                 items = self.pop_mark()
-                self.top(set).update(self.members(items))
+                self.top(set).update(self.checks.members(items))
             elif op == 0x91:  # FROZENSET
-                push(frozenset(self.members(self.pop_mark())))
+                push(frozenset(self.checks.members(self.pop_mark())))
             elif op in _REFUSED:
                 raise self.fail("it would import or call code, which is never done")
             elif op in _UNSUPPORTED:
@@ -496,66 +385,6 @@ class _Decoder:
         if not digits.isdigit():
             raise self.fail(f"a memo index {digits[:30]!r} that is not a number")
         return int(digits)
-
-
-def _name(op: int | None) -> str:
-    if op is None:
-        return "none (end of data)"
-    name = _REFUSED.get(op) or _UNSUPPORTED.get(op) or _NAMES.get(op)
-    return f"{name} ({op:#04x})" if name else f"{op:#04x}"
-
-
-_NAMES = {
-    0x2E: "STOP", 0x80: "PROTO", 0x95: "FRAME", 0x28: "MARK", 0x4E: "NONE", 0x88: "NEWTRUE",
-    0x89: "NEWFALSE", 0x63: "GLOBAL", 0x52: "REDUCE", 0x8F: "EMPTY_SET", 0x90: "ADDITEMS",
-    0x91: "FROZENSET", 0x4B: "BININT1", 0x4D: "BININT2", 0x4A: "BININT", 0x8A: "LONG1", 0x8B: "LONG4",
-    0x49: "INT", 0x4C: "LONG", 0x47: "BINFLOAT", 0x46: "FLOAT", 0x8C: "SHORT_BINUNICODE",
-    0x58: "BINUNICODE", 0x8D: "BINUNICODE8", 0x56: "UNICODE", 0x43: "SHORT_BINBYTES", 0x42: "BINBYTES",
-    0x8E: "BINBYTES8", 0x55: "SHORT_BINSTRING", 0x54: "BINSTRING", 0x53: "STRING", 0x29: "EMPTY_TUPLE",
-    0x85: "TUPLE1", 0x86: "TUPLE2", 0x87: "TUPLE3", 0x74: "TUPLE", 0x5D: "EMPTY_LIST", 0x6C: "LIST",
-    0x61: "APPEND", 0x65: "APPENDS", 0x7D: "EMPTY_DICT", 0x64: "DICT", 0x73: "SETITEM", 0x75: "SETITEMS",
-    0x30: "POP", 0x31: "POP_MARK", 0x32: "DUP", 0x67: "GET", 0x68: "BINGET", 0x6A: "LONG_BINGET",
-    0x70: "PUT", 0x71: "BINPUT", 0x72: "LONG_BINPUT", 0x94: "MEMOIZE",
-}  # fmt: skip
-
-
-def tree_size(value: Any, budget: int, max_depth: int = MAX_DEPTH) -> int:
-    """The size of *value* as the tree a formatter or ``repr`` walks (a shared object counted each time
-    it is met): 1 per value plus the length of each str and bytes and the bytes of each int. Raises
-    ``PickleRefused`` once it exceeds *budget* (having done at most *budget* steps) or nests deeper
-    than *max_depth* (so a value that contains itself is refused too)."""
-    remaining = budget
-    todo: list[tuple[Any, int]] = [(value, 0)]
-    while todo:
-        item, depth = todo.pop()
-        kind = type(item)
-        if kind is str or kind is bytes:
-            remaining -= 1 + len(item)
-        elif kind is int:
-            remaining -= 1 + item.bit_length() // 8
-        elif kind is list or kind is tuple or kind is dict or kind is set or kind is frozenset:
-            if depth >= max_depth:
-                raise PickleRefused(f"refused pickle: containers nested deeper than {max_depth}")
-            remaining -= 1 + len(item)  # paid before its items are queued: the queue stays in budget
-            if remaining < 0:
-                break
-            if kind is dict:
-                todo.extend((key, depth + 1) for key in item)
-                todo.extend((member, depth + 1) for member in item.values())
-            else:
-                todo.extend((member, depth + 1) for member in item)
-        elif kind is _Call:
-            raise PickleRefused(f"refused pickle: global {item.name} left uncalled in the value")
-        else:
-            remaining -= 1
-        if remaining < 0:
-            break
-    if remaining < 0:
-        raise PickleRefused(
-            f"refused pickle: its value, with shared references expanded, is larger than {budget} "
-            "(a structure of repeated references would cost every formatter that much)"
-        )
-    return budget - remaining
 
 
 def loads(data: bytes, *, max_size: int | None = None, max_depth: int = MAX_DEPTH) -> Any:

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 from ._checks import check_address, check_handlers, check_level
 from ._exit import CleanUp
 from ._handling import banner
-from ._lanes import Lane, _Intercept
+from ._lane_delivery import _Intercept
+from ._lanes import Lane
 from ._transport import QueueHandle, Saved, publish, withdraw
 from .listener import LogListener
 
