@@ -37,7 +37,22 @@ def _restore_logging():
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-    gc.collect()  # run multiprocessing finalizers inside the test that made them
+    # Run multiprocessing finalizers inside the test that made them. What survives is frozen (moved out of
+    # the collector's sight), so this collection scans only what this test made: a full collection of a
+    # worker's whole heap cost about 60 ms a test, a fifth of the suite's CPU. The objects frozen while
+    # they were alive (module fixtures, caches) are collected when the module ends (below).
+    gc.collect()
+    gc.freeze()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    """At the end of each module, once its fixtures are torn down, collect everything, frozen or not."""
+    yield
+    if nextitem is None or getattr(nextitem, "module", None) is not getattr(item, "module", None):
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
 
 @pytest.fixture(autouse=True)
