@@ -39,6 +39,20 @@ def pytest_configure(config: pytest.Config) -> None:
         compileall.compile_dir(folder, quiet=2)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_collection(session: pytest.Session):
+    """While collecting, let pytest keep the test modules it rewrote (for their asserts) in tests/__pycache__.
+
+    Under PYTHONDONTWRITEBYTECODE each pytest-xdist worker rewrote and compiled every test module again
+    (about 2 CPU-s a worker); a later run reads what this one wrote. Everything else stays unwritten."""
+    flag = sys.dont_write_bytecode
+    sys.dont_write_bytecode = False
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = flag
+
+
 @pytest.fixture(autouse=True)
 def _restore_logging():
     """Every test leaves the root logger, the environment and the worker state as it found them."""
