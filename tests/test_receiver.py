@@ -250,12 +250,16 @@ def test_many_peers_at_once_each_counted() -> None:
     with logfunnel.start_receiver([got], tcp="127.0.0.1:0", udp="127.0.0.1:0") as receiver:
         assert receiver.tcp_address is not None and receiver.udp_address is not None
         tcp_at, udp_at = receiver.tcp_address, receiver.udp_address
+        # Every UDP socket stays open until all have sent: one closed early could free its port for
+        # another client, and two clients on one address are one peer (seen once as [.., 10]).
+        all_sent = threading.Barrier(20)
 
         def client(n: int) -> None:
             send_records(tcp_at, *(make(f"tcp{n}", logging.INFO, str(i)) for i in range(50)))
             handler = logging.handlers.DatagramHandler(*udp_at)
             for i in range(5):
                 handler.handle(make(f"udp{n}", logging.INFO, str(i)))
+            all_sent.wait(60)
             handler.close()
 
         threads = [threading.Thread(target=client, args=(n,)) for n in range(20)]

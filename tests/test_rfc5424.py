@@ -20,8 +20,18 @@ STREAMS = ["tcp", "tls"]
 
 
 @pytest.fixture
-def rsyslog(tmp_path):
-    """A running rsyslog with every listener, killed at teardown."""
+def rsyslog(request, tmp_path):
+    """A running rsyslog, killed at teardown: UDP, TCP, RELP and a Unix socket, plus TLS for a test with
+    transport 'tls' (rsyslog's TLS listener alone costs about 0.5 CPU-s to start; tests without it never
+    reach for it: `tls_address` of an Rsyslog without TLS fails the test)."""
+    callspec = getattr(request.node, "callspec", None)
+    tls = callspec is not None and callspec.params.get("transport") == "tls"
+    yield from running(tmp_path, tls=tls)
+
+
+@pytest.fixture
+def rsyslog_tls(tmp_path):
+    """A running rsyslog with every listener, TLS included, killed at teardown."""
     yield from running(tmp_path)
 
 
@@ -238,27 +248,27 @@ def _refused(handler: RFC5424Handler, server: Rsyslog, capsys) -> str:
 
 
 @pytest.mark.timeout(60)
-def test_tls_verifies_the_server_by_default(rsyslog, capsys):
+def test_tls_verifies_the_server_by_default(rsyslog_tls, capsys):
     """Without the test CA (only the system's), the server's certificate is refused and reported."""
-    handler = RFC5424Handler(rsyslog.tls_address, transport="tls", drain_timeout=0.5)
-    assert "CERTIFICATE_VERIFY_FAILED" in _refused(handler, rsyslog, capsys)
+    handler = RFC5424Handler(rsyslog_tls.tls_address, transport="tls", drain_timeout=0.5)
+    assert "CERTIFICATE_VERIFY_FAILED" in _refused(handler, rsyslog_tls, capsys)
 
 
 @pytest.mark.timeout(60)
-def test_tls_refuses_a_certificate_from_another_ca(rsyslog, tmp_path, capsys):
+def test_tls_refuses_a_certificate_from_another_ca(rsyslog_tls, tmp_path, capsys):
     """A server certificate signed by a CA other than cafile's is refused; nothing is sent."""
     trustme = pytest.importorskip("trustme")
     other = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other))
-    handler = RFC5424Handler(rsyslog.tls_address, transport="tls", cafile=other, drain_timeout=0.5)
-    assert "CERTIFICATE_VERIFY_FAILED" in _refused(handler, rsyslog, capsys)
+    handler = RFC5424Handler(rsyslog_tls.tls_address, transport="tls", cafile=other, drain_timeout=0.5)
+    assert "CERTIFICATE_VERIFY_FAILED" in _refused(handler, rsyslog_tls, capsys)
 
 
 @pytest.mark.timeout(60)
-def test_tls_checks_the_server_hostname(rsyslog, capsys):
+def test_tls_checks_the_server_hostname(rsyslog_tls, capsys):
     """A name the certificate does not hold is refused even with the right CA."""
-    handler = make_handler(rsyslog, "tls", server_hostname="elsewhere.example", drain_timeout=0.5)
-    assert "CERTIFICATE_VERIFY_FAILED" in _refused(handler, rsyslog, capsys)
+    handler = make_handler(rsyslog_tls, "tls", server_hostname="elsewhere.example", drain_timeout=0.5)
+    assert "CERTIFICATE_VERIFY_FAILED" in _refused(handler, rsyslog_tls, capsys)
 
 
 @pytest.mark.timeout(60)
