@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,6 @@ def _log_hundred(wave: int) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="SystemExit in an inline handler ends the listener thread silently")
 def test_inline_handler_raising_systemexit_loses_no_record_uncounted(tmp_path):
     """SystemExit from an inline handler costs at most that record; produced = received + dropped + lost."""
     path = tmp_path / "out.log"
@@ -122,6 +122,32 @@ def test_inline_handler_raising_systemexit_loses_no_record_uncounted(tmp_path):
     stats = listener.stats()
     assert stats["received"] + stats["dropped"] + stats["lost"] == 200, stats
     assert len(path.read_text().splitlines()) == stats["received"]
+
+
+@pytest.mark.timeout(60)
+def test_lane_handler_raising_systemexit_costs_that_record_only(tmp_path):
+    """On a lane, a SystemExit costs that record (counted failed); the lane's thread goes on, and stop()
+    does not wait for a thread that died."""
+    path = tmp_path / "out.log"
+    file = logging.FileHandler(path)
+    lane = logfunnel.Lane(_ExitsOnBoom(), drain_timeout=30.0)
+    try:
+        with logfunnel.start_listener(handlers=[lane, file]) as listener:
+            context = multiprocessing.get_context("fork")
+            with context.Pool(
+                1, initializer=logfunnel.install_worker_logging, initargs=(listener.queue,)
+            ) as pool:
+                pool.map(_log_hundred, [0])
+                pool.map(_log_hundred, [1])
+            started = time.monotonic()
+        stopped_in = time.monotonic() - started
+    finally:
+        file.close()
+    stats = listener.stats()
+    assert stats["received"] == 200 and len(path.read_text().splitlines()) == 200, stats
+    (figures,) = [entry for entry in stats["lanes"] if "_ExitsOnBoom" in entry["handler"]]
+    assert (figures["handled"], figures["failed"], figures["undelivered"]) == (199, 1, 0), figures
+    assert stopped_in < 25, f"stop() waited {stopped_in:.0f} s for the lane"
 
 
 # -- the 3.12+ QueueHandler form and a fork Pool ------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import Any
 
 from . import _render, _writers
 from ._dispatch_records import _RecordPath
-from ._handling import banner
+from ._handling import HANDLER_ERRORS, banner
 from ._lanes import Lane
 from ._routing import LOGGER, RoutePlan
 
@@ -232,7 +232,7 @@ class Dispatcher(_RecordPath):
             for record in made:
                 try:
                     seam(record)
-                except Exception as exc:
+                except HANDLER_ERRORS as exc:
                     self._count_raised(seam, exc)
         elif self.routed:
             for record in made:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._handling import banner
+from ._handling import HANDLER_ERRORS, banner
 from ._lanes import Lane, is_lane, wants_inline
 from .handlers._disk import losses_of
 
@@ -115,7 +115,7 @@ class _RecordPath:
             for record in chosen:
                 try:
                     target.handle(record)
-                except Exception as exc:
+                except HANDLER_ERRORS as exc:
                     self._count_raised(target, exc)
 
     def handle_record(self, record: logging.LogRecord) -> None:
@@ -133,7 +133,7 @@ class _RecordPath:
             if not respect or record.levelno >= handler.level:
                 try:
                     target.handle(record)
-                except Exception as exc:
+                except HANDLER_ERRORS as exc:
                     self._count_raised(target, exc)
 
     def _count_raised(self, where: object, exc: BaseException) -> None:
@@ -153,14 +153,14 @@ class _RecordPath:
         if not _walks_itself(logger):
             try:
                 logger.handle(record)
-            except Exception as exc:
+            except HANDLER_ERRORS as exc:
                 self._count_raised(logger, exc)
             return
         if logger.disabled:
             return
         try:
             verdict: Any = logger.filter(record)
-        except Exception as exc:
+        except HANDLER_ERRORS as exc:
             self._count_raised(logger, exc)
             return
         if not verdict:
@@ -175,7 +175,7 @@ class _RecordPath:
                 if record.levelno >= handler.level:
                     try:
                         self._found_target(handler).handle(record)
-                    except Exception as exc:
+                    except HANDLER_ERRORS as exc:
                         self._count_raised(handler, exc)
             current = current.parent if current.propagate else None
         if found == 0:

@@ -10,13 +10,17 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["UnlockedHandle", "banner", "flush_banners", "reset_banners"]
+__all__ = ["HANDLER_ERRORS", "UnlockedHandle", "banner", "flush_banners", "reset_banners"]
 
 
 # The toolkit's own messages are rate limited per kind: a flood of hostile peers, or a handler that
 # fails on every record, must not turn stderr into a busy loop of its own (422k lines in 10 s were
 # measured with 600 idle peers). At most BANNER_BURST messages of a kind are written per
 # BANNER_WINDOW seconds; what was held back is summed up once BANNER_SUMMARY seconds have passed.
+#: What a handler (its emit, filters, formatter) may raise that must cost that record only, on a
+#: thread of ours: a SystemExit from a "fatal" handler, or a KeyboardInterrupt raised explicitly,
+#: would otherwise end the thread silently (a thread reports neither), and every record after it.
+HANDLER_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
 BANNER_BURST = 5
 BANNER_WINDOW = 1.0
 BANNER_SUMMARY = 10.0

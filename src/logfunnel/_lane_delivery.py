@@ -23,7 +23,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from ._checks import check_seconds
-from ._handling import banner
+from ._handling import HANDLER_ERRORS, banner
 
 if TYPE_CHECKING:
     import collections
@@ -193,7 +193,7 @@ class _Delivery(logging.Handler):
                 if probe is not None:
                     probe.before()
                 self.target.handle(record)
-            except Exception as exc:
+            except HANDLER_ERRORS as exc:
                 # A handle() that raises instead of calling handleError() (the stdlib's handlers
                 # never do) has a bug, not an outage: retrying would hold the lane for the whole
                 # give_up_after on every record. It gets its handleError at once, counted failed.
