@@ -187,9 +187,6 @@ def test_fork_pool_worker_under_the_queue_handler_form_loses_no_record_silently(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True, reason="only a FileHandler's file is cut back; a StreamHandler's keeps a torn line"
-)
 def test_stream_handler_on_a_full_disk_leaves_no_torn_line(tmp_path):
     """The listener's batched writer into StreamHandler(open(path, 'a')) on a full disk leaves whole lines."""
     with tiny_tmpfs(tmp_path, "64k") as disk:

@@ -22,6 +22,7 @@ import functools
 import io
 import logging
 import os
+import stat
 import threading
 import weakref
 from typing import Any
@@ -189,6 +190,20 @@ def _truncate(fd: int, excess: int) -> None:
         pass
 
 
+def _own_file(handler: logging.Handler, fd: int) -> bool:
+    """Whether a torn line may be cut off *fd*: a FileHandler's file, or a regular file a
+    StreamHandler was given (``StreamHandler(open(path, "a"))``); never stdout or stderr, which
+    other processes may be writing to (a terminal, a pipe, or a file they were redirected to)."""
+    if isinstance(handler, logging.FileHandler):
+        return True
+    if fd in (1, 2):
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
 def _cut_back(
     handler: logging.Handler,
     fd: int,
@@ -209,7 +224,7 @@ def _cut_back(
                 break
             kept_bytes += length
             kept_lines += 1
-    if isinstance(handler, logging.FileHandler):  # a file of ours, not a shared stderr
+    if _own_file(handler, fd):
         _truncate(fd, done - kept_bytes)
     if losses.lose(len(lines) - kept_lines, _reason(exc)):
         try:
