@@ -8,46 +8,20 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 import logfunnel
+from _programs import program_env, run_program
 from logfunnel.handlers import RFC5424Handler
 
-SRC = str(Path(logfunnel.__file__).resolve().parents[1])
-
-
-def _env(**extra: str) -> dict[str, str]:
-    """This environment, importing the logfunnel under test, without a listener's LOGFUNNEL_* names."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGFUNNEL_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
-def _run(tmp_path: Path, program: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run *program* as a script in its own session; kill its group if it outlives the bound."""
-    script = tmp_path / "program.py"
-    script.write_text(textwrap.dedent(program))
-    proc = subprocess.Popen(
-        [sys.executable, str(script), *args], env=_env(), cwd=tmp_path, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+_env = program_env
+_run = run_program
 
 
 # -- exit ordering ------------------------------------------------------------------------------------

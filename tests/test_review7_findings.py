@@ -9,46 +9,20 @@ import json
 import logging
 import logging.handlers
 import multiprocessing
-import os
 import queue
-import signal
-import subprocess
 import sys
-import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
 import logfunnel
 from _need import need_module
+from _programs import run_program
 from _tmpfs import tiny_tmpfs
 from logfunnel import LogListener
 from logfunnel.config import FunnelListener
 
-SRC = str(Path(logfunnel.__file__).resolve().parents[1])
-
-
-def _run(
-    tmp_path: Path, program: str, *args: str, python: str = sys.executable
-) -> subprocess.CompletedProcess[str]:
-    """Run *program* as a script in its own session, importing the logfunnel under test; kill its
-    group if it outlives the bound."""
-    script = tmp_path / "program.py"
-    script.write_text(textwrap.dedent(program))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGFUNNEL_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [python, str(script), *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+_run = run_program
 
 
 # -- config.FunnelListener as a stand-in for logging.handlers.QueueListener ---------------------------
@@ -104,6 +78,14 @@ def _log_hundred(wave: int) -> None:
     logfunnel.flush_worker_logging(timeout=10)
 
 
+def _two_waves(listener: logfunnel.LogListener) -> None:
+    """One fork Pool worker logs the two waves of 100 records, one call each."""
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1, initializer=logfunnel.install_worker_logging, initargs=(listener.queue,)) as pool:
+        pool.map(_log_hundred, [0])
+        pool.map(_log_hundred, [1])
+
+
 @pytest.mark.timeout(60)
 def test_inline_handler_raising_systemexit_loses_no_record_uncounted(tmp_path):
     """SystemExit from an inline handler costs at most that record; produced = received + dropped + lost."""
@@ -111,12 +93,7 @@ def test_inline_handler_raising_systemexit_loses_no_record_uncounted(tmp_path):
     file = logging.FileHandler(path)
     try:
         with logfunnel.start_listener(handlers=[logfunnel.inline(_ExitsOnBoom()), file]) as listener:
-            context = multiprocessing.get_context("fork")
-            with context.Pool(
-                1, initializer=logfunnel.install_worker_logging, initargs=(listener.queue,)
-            ) as pool:
-                pool.map(_log_hundred, [0])
-                pool.map(_log_hundred, [1])
+            _two_waves(listener)
     finally:
         file.close()
     stats = listener.stats()
@@ -133,12 +110,7 @@ def test_lane_handler_raising_systemexit_costs_that_record_only(tmp_path):
     lane = logfunnel.Lane(_ExitsOnBoom(), drain_timeout=30.0)
     try:
         with logfunnel.start_listener(handlers=[lane, file]) as listener:
-            context = multiprocessing.get_context("fork")
-            with context.Pool(
-                1, initializer=logfunnel.install_worker_logging, initargs=(listener.queue,)
-            ) as pool:
-                pool.map(_log_hundred, [0])
-                pool.map(_log_hundred, [1])
+            _two_waves(listener)
             started = time.monotonic()
         stopped_in = time.monotonic() - started
     finally:
