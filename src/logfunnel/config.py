@@ -100,15 +100,14 @@ def _after_fork_in_child() -> None:
         worker._flush_on_sigterm = True  # noqa: SLF001
     # The 3.12+ form: a QueueHandler that fills the parent's FunnelListener's thread queue sends to
     # the listener from here instead (multiprocessing queues work across the fork as they are).
-    listeners = {id(f.local_queue): f for f in list(_reading.values()) if _thread_queue(f.local_queue)}
-    if not listeners:
+    if not _reading:
         return
     for ref in list(logging._handlerList):  # type: ignore[attr-defined]  # noqa: SLF001
         handler = ref()
         if isinstance(handler, logging.handlers.QueueHandler) and not isinstance(handler, FunnelHandler):
-            listener = listeners.get(id(handler.queue))
-            if listener is not None and listener.local_queue is handler.queue and listener.worker_queue:
-                handler.queue = _ToListener(listener.worker_queue)  # type: ignore[assignment]
+            handle = handle_reading(handler.queue) if _thread_queue(handler.queue) else None
+            if handle is not None:
+                handler.queue = _ToListener(handle)  # type: ignore[assignment]
 
 
 def _thread_queue(queue: Any) -> bool:

@@ -249,7 +249,7 @@ class RelpLink(Connection):
 
     @property
     def unconfirmed(self) -> int:
-        return self.sent - self.delivered - len(self.conn.refused())
+        return self.sent - self.delivered - self.conn.refused_count
 
     def send(self, batch: list[bytes]) -> None:
         self.sent += len(batch)
@@ -268,12 +268,12 @@ class RelpLink(Connection):
 
     def confirm(self) -> int:
         # also after a failure: acknowledgements read before it count (pending() stays exact)
-        delivered = self.sent - len(self.conn.pending()) - len(self.conn.refused())
+        delivered = self.sent - len(self.conn.pending()) - self.conn.refused_count
         confirmed, self.delivered = delivered - self.delivered, delivered
         return confirmed
 
     def take_refused(self) -> tuple[int, str]:
-        refused = len(self.conn.refused())
+        refused = self.conn.refused_count
         new, self._refused_seen = refused - self._refused_seen, refused
         return new, self.conn.last_refusal
 

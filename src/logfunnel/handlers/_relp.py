@@ -20,6 +20,7 @@ threads, and a process forked from the one that opened it must open its own.
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import select
@@ -41,6 +42,8 @@ MAX_DATALEN = 999_999_999
 MAX_WINDOW = 100_000
 # A response carries a status line and, for "open", the offers: a few hundred bytes from librelp.
 MAX_RESPONSE = 64 * 1024
+#: Refused messages a connection keeps for ``refused()`` (all are counted in ``refused_count``).
+_REFUSED_KEPT = 100
 RECV_SIZE = 64 * 1024
 CHUNK = 256  # messages per write
 READY_READS = 4  # reads of what has arrived, between writes
@@ -93,8 +96,10 @@ class RelpConnection:
         self._unacked: dict[int, bytes] = {}
         # messages of a failed send() that were never written, kept to be reported by pending()
         self._unsent: list[bytes] = []
-        # messages the server refused (a 500 rsp): sending them again would be refused again
-        self._refused: list[bytes] = []
+        # messages the server refused (a 500 rsp): sending them again would be refused again. The
+        # last few are kept (a server may refuse everything, for as long as the session lasts).
+        self._refused: collections.deque[bytes] = collections.deque(maxlen=_REFUSED_KEPT)
+        self.refused_count = 0
         self.last_refusal = ""  # what the server said when it last refused one
         self._lock = threading.Lock()  # pending() may be called from another thread
         self._buffer = bytearray()
@@ -232,8 +237,8 @@ class RelpConnection:
             return [*self._unacked.values(), *self._unsent]
 
     def refused(self) -> list[bytes]:
-        """The messages the server refused (status other than 200), oldest first: not to be sent
-        again as they are (the server would refuse them again)."""
+        """The last messages the server refused (status other than 200; at most ``_REFUSED_KEPT``,
+        oldest first; ``refused_count`` counts them all): not to be sent again as they are."""
         with self._lock:
             return list(self._refused)
 
@@ -508,6 +513,7 @@ class RelpConnection:
                 # The server will not take this one (too large, not allowed): the session goes on,
                 # and sending it again would be refused again. It is kept in refused().
                 self._refused.append(message)
+                self.refused_count += 1
                 self.last_refusal = (
                     f"the RELP server at {self._where} refused message {txnr} (status "
                     f"{_shown(status, 10)}: {human})"
