@@ -239,7 +239,6 @@ class FunnelListener(LogListener):
             _reading[id(queue)] = self
         self.local_handlers: weakref.WeakSet[logging.Handler] = weakref.WeakSet()
         self._pump: threading.Thread | None = None
-        self._forwarder: ConfiguredFunnelHandler | None = None
         self._checked = False
         self._closer = _Closer(self)
         self.start()
@@ -250,8 +249,6 @@ class FunnelListener(LogListener):
             return self
         super().start()
         if self.local_queue is not None:
-            self._forwarder = ConfiguredFunnelHandler(self.worker_queue)
-            self._forwarder.listener = self
             self._pump = threading.Thread(target=self._read_local, name="logfunnel-config-queue", daemon=True)
             self._pump.start()
         return self
@@ -270,7 +267,7 @@ class FunnelListener(LogListener):
             except Exception as exc:
                 banner(f"{self.where}: could not stop the reader of its queue: {exc!r}")
             pump.join(timeout)
-        for handler in [*self.local_handlers, self._forwarder]:
+        for handler in self.local_handlers:
             if isinstance(handler, FunnelHandler):
                 handler._sink.close(timeout)  # noqa: SLF001  (ship, say goodbye, hang up)
         super().stop(timeout)
@@ -312,13 +309,16 @@ class FunnelListener(LogListener):
                     )
 
     def _read_local(self) -> None:
+        # QueueListener's loop, with its seams: dequeue(), then handle() (prepare(), then every
+        # handler, through its lane), then task_done(): once queue.join() returns, an inline
+        # handler has written what was put before it (3.12+ dictConfig's own tests wait so).
         q = self.local_queue
-        forwarder = self._forwarder
-        assert forwarder is not None
         has_task_done = hasattr(q, "task_done")
         while True:
             try:
-                record = q.get()
+                record = self.dequeue(True)
+            except queue_module.Empty:  # a dequeue() override that times out: stop, as QueueListener
+                return
             except (EOFError, OSError) as exc:
                 banner(f"{self.where}: its queue broke: {exc!r}")
                 return
@@ -328,9 +328,9 @@ class FunnelListener(LogListener):
                 return
             self.check_owned()
             try:
-                forwarder.handle(record)
+                self.handle(record)
             except Exception as exc:
-                banner(f"{self.where}: forwarding a record failed: {exc!r}")
+                banner(f"{self.where}: handling a record of its queue failed: {exc!r}")
             if has_task_done:
                 q.task_done()
 
